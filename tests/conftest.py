@@ -1,0 +1,29 @@
+"""Test configuration: float64 available, rank promotion an error, deterministic hypothesis."""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "jcnn",
+    derandomize=True,
+    deadline=None,
+    max_examples=int(os.environ.get("JCNN_HYPOTHESIS_EXAMPLES", "40")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile("jcnn")
+
+try:
+    import torch  # noqa: F401
+
+    HAVE_TORCH = True
+except ImportError:  # the oracle extra is optional for users; CI installs it
+    HAVE_TORCH = False
+
+requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch oracle not installed")
