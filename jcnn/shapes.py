@@ -114,9 +114,7 @@ def canonicalize_ints(value, d: int, where: str, name: str, *, minimum: int = 1)
             )
         out = tuple(_as_int(v, where, name) for v in value)
     if any(v < minimum for v in out):
-        raise ShapeError(
-            f"{where}: every entry of `{name}` must be >= {minimum}, got {value!r}."
-        )
+        raise ShapeError(f"{where}: every entry of `{name}` must be >= {minimum}, got {value!r}.")
     return out
 
 
@@ -133,9 +131,8 @@ def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> s
     >>> canonicalize_padding("same", 2)
     'SAME'
     """
-    forms = (
-        f"an int, a tuple of {d} ints, a tuple of {d} (lo, hi) pairs, or one of "
-        + ", ".join(repr(n) for n in PADDING_NAMES)
+    forms = f"an int, a tuple of {d} ints, a tuple of {d} (lo, hi) pairs, or one of " + ", ".join(
+        repr(n) for n in PADDING_NAMES
     )
     if isinstance(padding, str):
         name = padding.upper()
@@ -181,8 +178,7 @@ def canonicalize_padding_mode(mode: str, where: str = "conv") -> str:
     """``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (case-insensitive)."""
     if not isinstance(mode, str) or mode.lower() not in PADDING_MODES:
         raise ValueError(
-            f"{where}: `padding_mode` must be one of {', '.join(map(repr, PADDING_MODES))};"
-            f" got {mode!r}."
+            f"{where}: `padding_mode` must be one of {', '.join(map(repr, PADDING_MODES))}; got {mode!r}."
         )
     return mode.lower()
 
@@ -224,8 +220,7 @@ def resolve_padding(
         return ((_effective(kernel_size[0], dilation[0]) - 1, 0),)
     lower = canon == "SAME_LOWER"
     return tuple(
-        _same_pair(w, k, s, r, lower)
-        for w, k, s, r in zip(in_spatial, kernel_size, strides, dilation)
+        _same_pair(w, k, s, r, lower) for w, k, s, r in zip(in_spatial, kernel_size, strides, dilation)
     )
 
 
@@ -286,7 +281,7 @@ def conv_output_size(
     (s,) = canonicalize_ints(stride, 1, where, "stride")
     (r,) = canonicalize_ints(dilation, 1, where, "dilation")
     if isinstance(padding, str):
-        (lo, hi), = resolve_padding(padding, (w,), (k,), (s,), (r,), where)
+        ((lo, hi),) = resolve_padding(padding, (w,), (k,), (s,), (r,), where)
     else:
         lo, hi = _pair(padding, where)
     keff = _effective(k, r)
@@ -452,9 +447,7 @@ def adaptive_windows(size: int, output_size: int) -> tuple[Pair, ...]:
     >>> adaptive_windows(5, 3)
     ((0, 2), (1, 4), (3, 5))
     """
-    return tuple(
-        ((i * size) // output_size, -(-((i + 1) * size) // output_size)) for i in range(output_size)
-    )
+    return tuple(((i * size) // output_size, -(-((i + 1) * size) // output_size)) for i in range(output_size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,10 +517,7 @@ def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilatio
     pad_words = f"padding {lo}" if lo == hi else f"padding ({lo}, {hi})"
     arith = f"{_arith(w, keff, lo, hi, s)} = {_fmt(exact_out)}"
     if fits:
-        msg = (
-            f"stride {s} fits a {w}-wide input with a {kname} and {pad_words}: {arith},"
-            f" so {out} outputs"
-        )
+        msg = f"stride {s} fits a {w}-wide input with a {kname} and {pad_words}: {arith}, so {out} outputs"
         msg += f"; {unused} input pixel(s) fall between windows and are never read." if unused else "."
     else:
         sug = []
@@ -548,7 +538,9 @@ def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilatio
 # --------------------------------------------------------------------------------------------
 
 
-def conv_params(kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True) -> int:
+def conv_params(
+    kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True
+) -> int:
     """Learnable parameters of a convolution: ``prod(F) * C_in/groups * K (+ K biases)``.
 
     The seed's example, ten 5x5x3 filters with biases:
@@ -576,16 +568,14 @@ def check_groups(in_channels: int, out_channels: int, groups: int, where: str) -
     if g < 1:
         raise ShapeError(f"{where}: `groups` must be >= 1, got {groups}.")
     if in_channels % g:
-        raise ShapeError(
-            f"{where}: input channels ({in_channels}) must be divisible by groups ({g})."
-        )
+        raise ShapeError(f"{where}: input channels ({in_channels}) must be divisible by groups ({g}).")
     if out_channels % g:
-        raise ShapeError(
-            f"{where}: out_channels ({out_channels}) must be divisible by groups ({g})."
-        )
+        raise ShapeError(f"{where}: out_channels ({out_channels}) must be divisible by groups ({g}).")
 
 
-def conv_flops(out_spatial, kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True) -> int:
+def conv_flops(
+    out_spatial, kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True
+) -> int:
     """FLOPs of one example's convolution. A multiply-add is 2 FLOPs; each bias add is 1.
 
     >>> conv_flops((28, 28), 5, 3, 10, bias=False) // 2   # the seed's 10 filters: multiply-adds
@@ -596,7 +586,16 @@ def conv_flops(out_spatial, kernel_size, in_channels: int, out_channels: int, *,
     return outputs * (2 * math.prod(ks) * (in_channels // groups) + (1 if bias else 0))
 
 
-def conv_transpose_flops(in_spatial, kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True, out_spatial=None) -> int:
+def conv_transpose_flops(
+    in_spatial,
+    kernel_size,
+    in_channels: int,
+    out_channels: int,
+    *,
+    groups: int = 1,
+    bias: bool = True,
+    out_spatial=None,
+) -> int:
     """FLOPs of a transposed convolution: every input pixel scatters one kernel (2 per MAC)."""
     ks = canonicalize_window(kernel_size, "conv_transpose_flops")
     macs = math.prod(in_spatial) * in_channels * math.prod(ks) * (out_channels // groups)
@@ -638,7 +637,13 @@ class ReceptiveField(NamedTuple):
 
 
 def receptive_field_step(
-    rf: ReceptiveField, kernel_size: int, stride: int = 1, pad_lo: int = 0, dilation: int = 1, *, transpose: bool = False
+    rf: ReceptiveField,
+    kernel_size: int,
+    stride: int = 1,
+    pad_lo: int = 0,
+    dilation: int = 1,
+    *,
+    transpose: bool = False,
 ) -> ReceptiveField:
     """Receptive field after one conv or pooling layer (Araujo et al., Distill 2019).
 

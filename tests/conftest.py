@@ -3,7 +3,6 @@
 import os
 
 import jax
-import pytest
 from hypothesis import HealthCheck, settings
 
 jax.config.update("jax_enable_x64", True)
@@ -18,12 +17,3 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("jcnn")
-
-try:
-    import torch  # noqa: F401
-
-    HAVE_TORCH = True
-except ImportError:  # the oracle extra is optional for users; CI installs it
-    HAVE_TORCH = False
-
-requires_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch oracle not installed")
