@@ -667,3 +667,177 @@ def receptive_field_step(
         rf.jump * stride,
         rf.start + ((keff - 1) / 2 - pad_lo) * rf.jump,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-op geometry: validates array shapes against hyperparameters, in the user's words
+# --------------------------------------------------------------------------------------------
+
+
+class ConvGeometry(NamedTuple):
+    """Everything a conv op needs, checked and made concrete from shapes alone."""
+
+    batch_shape: Shape  # leading batch dims of x (possibly ())
+    in_spatial: Shape
+    in_channels: int
+    out_channels: int
+    kernel_size: Shape
+    strides: Shape
+    dilation: Shape
+    padding: tuple[Pair, ...]  # concrete (lo, hi) per spatial dim
+    out_spatial: Shape
+    groups: int
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.batch_shape + self.out_spatial + (self.out_channels,)
+
+
+def _check_kernel_rank(kernel_shape, where: str, layout: str) -> int:
+    if len(kernel_shape) < 3:
+        raise ShapeError(
+            f"{where}: `kernel` must have shape {layout} with at least one spatial dim, got"
+            f" shape {tuple(kernel_shape)}."
+        )
+    return len(kernel_shape) - 2
+
+
+def _check_input_rank(x_shape, d: int, kernel_shape, where: str) -> None:
+    if len(x_shape) < d + 1:
+        hint = " A single-channel image needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""
+        raise ShapeError(
+            f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
+            f" (the kernel's shape {tuple(kernel_shape)} has {d}), got shape {tuple(x_shape)}.{hint}"
+        )
+    if any(s < 1 for s in x_shape[-(d + 1) :]):
+        raise ShapeError(
+            f"{where}: every spatial and channel dim of `x` must be >= 1, got shape {tuple(x_shape)}."
+        )
+
+
+def _check_bias(bias_shape, out_channels: int, where: str) -> None:
+    if bias_shape is not None and tuple(bias_shape) != (out_channels,):
+        raise ShapeError(
+            f"{where}: `bias` must have shape ({out_channels},), one per output channel, got"
+            f" shape {tuple(bias_shape)}."
+        )
+
+
+def _check_padding_mode(mode: str, pads, in_spatial, where: str) -> None:
+    if mode == "reflect":
+        for (lo, hi), w in zip(pads, in_spatial):
+            if lo >= w or hi >= w:
+                raise ShapeError(
+                    f"{where}: reflect padding must be smaller than the input, got padding"
+                    f" ({lo}, {hi}) for a spatial size of {w}; use less padding or"
+                    f" padding_mode='replicate'."
+                )
+    elif mode == "circular":
+        for (lo, hi), w in zip(pads, in_spatial):
+            if lo > w or hi > w:
+                raise ShapeError(
+                    f"{where}: circular padding can wrap at most once, got padding ({lo}, {hi})"
+                    f" for a spatial size of {w}."
+                )
+
+
+def conv_geometry(
+    x_shape,
+    kernel_shape,
+    bias_shape=None,
+    *,
+    strides=1,
+    padding: PaddingLike = 0,
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    exact: bool = False,
+    where: str = "conv",
+) -> ConvGeometry:
+    """Check a convolution's arguments and compute its concrete geometry.
+
+    ``x``: ``(*batch, *spatial, c_in)``; ``kernel``: ``(*kernel_size, c_in // groups, c_out)``.
+
+    >>> g = conv_geometry((32, 32, 3), (5, 5, 3, 10))
+    >>> g.out_shape
+    (28, 28, 10)
+    """
+    d = _check_kernel_rank(kernel_shape, where, "(*kernel_size, c_in // groups, c_out)")
+    _check_input_rank(x_shape, d, kernel_shape, where)
+    kernel_size = canonicalize_window(tuple(kernel_shape[:d]), where)
+    in_spatial = tuple(x_shape[-(d + 1) : -1])
+    c_in, c_out = x_shape[-1], kernel_shape[-1]
+    if kernel_shape[-2] < 1 or c_out < 1:
+        raise ShapeError(f"{where}: the kernel must have >= 1 input and output channel, got shape {tuple(kernel_shape)}.")
+    g = _as_int(groups, where, "groups")
+    if g < 1:
+        raise ShapeError(f"{where}: `groups` must be >= 1, got {groups!r}.")
+    if c_in % g:
+        raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
+    if c_out % g:
+        raise ShapeError(f"{where}: out-channels ({c_out}, the kernel's last dim) must be divisible by `groups` ({g}).")
+    if kernel_shape[-2] * g != c_in:
+        per = f" per group x {g} groups" if g > 1 else ""
+        raise ShapeError(
+            f"{where}: input has {c_in} channels but the kernel expects"
+            f" {kernel_shape[-2] * g} ({kernel_shape[-2]}{per}; kernel shape {tuple(kernel_shape)})."
+        )
+    _check_bias(bias_shape, c_out, where)
+    strides = canonicalize_ints(strides, d, where, "strides")
+    dilation = canonicalize_ints(dilation, d, where, "dilation")
+    mode = canonicalize_padding_mode(padding_mode, where)
+    pads = resolve_padding(padding, in_spatial, kernel_size, strides, dilation, where)
+    _check_padding_mode(mode, pads, in_spatial, where)
+    out_spatial = conv_output_shape(in_spatial, kernel_size, strides, pads, dilation, exact=exact, where=where)
+    return ConvGeometry(
+        tuple(x_shape[: -(d + 1)]), in_spatial, c_in, c_out, kernel_size, strides, dilation, pads, out_spatial, g
+    )
+
+
+def conv_transpose_geometry(
+    x_shape,
+    kernel_shape,
+    bias_shape=None,
+    *,
+    strides=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    where: str = "conv_transpose",
+) -> ConvGeometry:
+    """Check a transposed convolution's arguments (kernel ``(*k, c_in, c_out // groups)``).
+
+    ``padding`` in the result holds PyTorch's ``(lo, hi)`` crop of the full output.
+
+    >>> conv_transpose_geometry((3, 3, 4), (3, 3, 4, 2), strides=2).out_shape
+    (7, 7, 2)
+    """
+    d = _check_kernel_rank(kernel_shape, where, "(*kernel_size, c_in, c_out // groups)")
+    _check_input_rank(x_shape, d, kernel_shape, where)
+    kernel_size = canonicalize_window(tuple(kernel_shape[:d]), where)
+    in_spatial = tuple(x_shape[-(d + 1) : -1])
+    g = _as_int(groups, where, "groups")
+    if g < 1:
+        raise ShapeError(f"{where}: `groups` must be >= 1, got {groups!r}.")
+    c_in = x_shape[-1]
+    if kernel_shape[-2] != c_in:
+        raise ShapeError(
+            f"{where}: input has {c_in} channels but the kernel expects {kernel_shape[-2]}"
+            f" (kernel shape {tuple(kernel_shape)}, laid out (*kernel_size, c_in, c_out // groups))."
+        )
+    if c_in % g:
+        raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
+    if kernel_shape[-1] < 1:
+        raise ShapeError(f"{where}: the kernel must have >= 1 output channel, got shape {tuple(kernel_shape)}.")
+    c_out = kernel_shape[-1] * g
+    _check_bias(bias_shape, c_out, where)
+    strides = canonicalize_ints(strides, d, where, "strides")
+    dilation = canonicalize_ints(dilation, d, where, "dilation")
+    out_spatial = conv_transpose_output_shape(
+        in_spatial, kernel_size, strides, padding, output_padding, dilation, where=where
+    )
+    pads = canonicalize_padding(0 if isinstance(padding, str) else padding, d, where)
+    return ConvGeometry(
+        tuple(x_shape[: -(d + 1)]), in_spatial, c_in, c_out, kernel_size, strides, dilation, pads, out_spatial, g
+    )

@@ -1,0 +1,316 @@
+"""Convolution ops: `conv` (three implementations that agree) and `conv_transpose`.
+
+Layouts are channels-last: ``x`` is ``(*batch, *spatial, c_in)`` with zero or more leading batch
+dims, the spatial rank ``d`` taken from the kernel (``kernel.ndim - 2``), and kernels are
+``(*kernel_size, c_in // groups, c_out)`` (HWIO). Every argument is checked by
+`jcnn.shapes.conv_geometry` before any ``lax`` call, so a bad call fails in the user's words.
+
+Implementations (``impl=``):
+
+* ``"xla"``: one ``lax.conv_general_dilated`` call (cuDNN on GPU, XLA's conv emitter on CPU).
+* ``"direct"``: the lecture's sliding filter written out: for every kernel offset, the strided
+  input slice that offset touches, times that offset's ``(c_in, c_out)`` kernel slice, summed.
+  Loops over kernel offsets only, never over pixels or examples.
+* ``"im2col"``: the same slices stacked into one patches matrix
+  ``(*batch, *out_spatial, prod(kernel_size) * c_in)``, then a single matmul with the reshaped
+  kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn import shapes
+from jcnn.shapes import ConvGeometry
+
+IMPLS = ("xla", "direct", "im2col")
+
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+__all__ = ["conv", "conv_transpose", "IMPLS"]
+
+
+def _as_float_array(value, name: str, where: str) -> jax.Array:
+    arr = jnp.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.inexact):
+        raise TypeError(
+            f"{where}: `{name}` has dtype {arr.dtype}, but convolution needs floating point;"
+            f" cast it first, e.g. {name}.astype(jnp.float32)."
+        )
+    return arr
+
+
+def _operands(x, kernel, bias, where: str):
+    x = _as_float_array(x, "x", where)
+    kernel = _as_float_array(kernel, "kernel", where)
+    bias = None if bias is None else _as_float_array(bias, "bias", where)
+    dtype = jnp.result_type(x, kernel) if bias is None else jnp.result_type(x, kernel, bias)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    bias = None if bias is None else bias.astype(dtype)
+    return x, kernel, bias
+
+
+def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
+    if bias is None:
+        return y
+    return y + lax.broadcast_in_dim(bias, y.shape, (y.ndim - 1,))
+
+
+def _accumulator(dtype) -> jnp.dtype:
+    # Sums of bf16/f16 products lose digits fast; accumulate them in float32 like XLA does.
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
+def _pad(x: jax.Array, geo: ConvGeometry, mode: str) -> jax.Array:
+    """Pad the spatial dims of ``x`` by ``geo.padding`` with the given padding mode."""
+    if all(p == (0, 0) for p in geo.padding):
+        return x
+    d = len(geo.kernel_size)
+    widths = [(0, 0)] * (x.ndim - d - 1) + list(geo.padding) + [(0, 0)]
+    if mode == "zeros":
+        return jnp.pad(x, widths)
+    return jnp.pad(x, widths, mode=_PAD_MODES[mode])
+
+
+def _offset_slices(xp: jax.Array, geo: ConvGeometry):
+    """Yield ``(offset, slice)``: for each kernel offset, the strided input it multiplies.
+
+    The slice for offset ``o`` starts at ``o * dilation`` and takes every ``stride``-th pixel,
+    ``out`` of them: ``xp[..., o*r : o*r + S*(out-1) + 1 : S, :]`` per spatial dim.
+    """
+    d = len(geo.kernel_size)
+    lead = xp.ndim - d - 1
+    for offset in itertools.product(*(range(k) for k in geo.kernel_size)):
+        start = [0] * lead + [o * r for o, r in zip(offset, geo.dilation)] + [0]
+        limit = (
+            list(xp.shape[:lead])
+            + [
+                o * r + s * (n - 1) + 1
+                for o, r, s, n in zip(offset, geo.dilation, geo.strides, geo.out_spatial)
+            ]
+            + [xp.shape[-1]]
+        )
+        step = [1] * lead + list(geo.strides) + [1]
+        yield offset, lax.slice(xp, start, limit, step)
+
+
+def _contract(patch: jax.Array, w: jax.Array, groups: int, precision, acc) -> jax.Array:
+    """``patch (..., c_in) x w (c_in // groups, c_out) -> (..., c_out)`` per group."""
+    if groups == 1:
+        dims = (((patch.ndim - 1,), (0,)), ((), ()))
+        return lax.dot_general(patch, w, dims, precision=precision, preferred_element_type=acc)
+    cg, c_out = w.shape
+    og = c_out // groups
+    if cg == 1:  # depthwise: channel g feeds outputs g*og ... g*og + og - 1
+        p = patch.astype(acc).reshape(patch.shape + (1,))
+        wg = lax.broadcast_in_dim(
+            w.astype(acc).reshape(groups, og), p.shape[:-2] + (groups, og), (p.ndim - 2, p.ndim - 1)
+        )
+        return (p * wg).reshape(patch.shape[:-1] + (c_out,))
+    p = patch.reshape(patch.shape[:-1] + (groups, cg))
+    return jnp.einsum(
+        "...gc,cgo->...go", p, w.reshape(cg, groups, og), precision=precision, preferred_element_type=acc
+    ).reshape(patch.shape[:-1] + (c_out,))
+
+
+def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
+    acc = _accumulator(x.dtype)
+    y = None
+    for offset, patch in _offset_slices(x, geo):
+        term = _contract(patch, kernel[offset], geo.groups, precision, acc)
+        y = term if y is None else y + term
+    return y.astype(x.dtype)
+
+
+def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
+    acc = _accumulator(x.dtype)
+    taps = math.prod(geo.kernel_size)
+    patches = jnp.stack([p for _, p in _offset_slices(x, geo)], axis=-2)  # (..., taps, c_in)
+    cg, c_out = kernel.shape[-2:]
+    if geo.groups == 1:
+        cols = patches.reshape(patches.shape[:-2] + (taps * cg,))
+        dims = (((cols.ndim - 1,), (0,)), ((), ()))
+        y = lax.dot_general(
+            cols, kernel.reshape(taps * cg, c_out), dims, precision=precision, preferred_element_type=acc
+        )
+    else:
+        og = c_out // geo.groups
+        p = patches.reshape(patches.shape[:-1] + (geo.groups, cg))
+        y = jnp.einsum(
+            "...tgc,tcgo->...go",
+            p,
+            kernel.reshape(taps, cg, geo.groups, og),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(patches.shape[:-2] + (c_out,))
+    return y.astype(x.dtype)
+
+
+def _dimension_numbers(d: int) -> lax.ConvDimensionNumbers:
+    """Channels-last for any spatial rank: lhs/out (N, *spatial, C), rhs (*spatial, I, O)."""
+    spatial = tuple(range(1, d + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, d + 1) + spatial,
+        rhs_spec=(d + 1, d) + tuple(range(d)),
+        out_spec=(0, d + 1) + spatial,
+    )
+
+
+def _with_one_batch_dim(x: jax.Array, geo: ConvGeometry) -> jax.Array:
+    # lax wants exactly one batch dim; a reshape of the leading dims is free (no data moves).
+    return x.reshape((math.prod(geo.batch_shape),) + x.shape[len(geo.batch_shape) :])
+
+
+def _conv_xla(x, kernel, geo: ConvGeometry, padding, precision, lhs_dilation=None) -> jax.Array:
+    d = len(geo.kernel_size)
+    y = lax.conv_general_dilated(
+        _with_one_batch_dim(x, geo),
+        kernel,
+        window_strides=geo.strides if lhs_dilation is None else (1,) * d,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=geo.dilation,
+        dimension_numbers=_dimension_numbers(d),
+        feature_group_count=geo.groups,
+        precision=precision,
+    )
+    return y.reshape(geo.out_shape)
+
+
+def conv(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    impl: str = "xla",
+    precision=None,
+) -> jax.Array:
+    """N-D convolution (cross-correlation, like every deep-learning framework), channels last.
+
+    Args:
+      x: input ``(*batch, *spatial, c_in)``; zero or more leading batch dims.
+      kernel: ``(*kernel_size, c_in // groups, c_out)``; its rank sets the spatial rank d.
+      bias: optional ``(c_out,)``.
+      strides: int or d ints, >= 1.
+      padding: an int, d ints, d ``(lo, hi)`` pairs, or ``"VALID"``, ``"SAME"`` (odd pixel
+        high), ``"SAME_LOWER"``, ``"CAUSAL"`` (1-D).
+      dilation: kernel dilation, int or d ints, >= 1.
+      groups: feature groups; ``groups == c_in`` is a depthwise conv.
+      padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
+      impl: ``"xla"``, ``"direct"`` or ``"im2col"``; all give the same numbers.
+      precision: passed to ``lax`` (e.g. ``lax.Precision.HIGHEST``).
+
+    Returns:
+      ``(*batch, *out_spatial, c_out)`` with ``out = floor((W + lo + hi - dilation*(F-1) - 1)/S) + 1``.
+
+    Raises:
+      ShapeError: shapes that do not fit (channels, groups, bias, kernel larger than the input).
+      ValueError: bad hyperparameters (strides, padding, names).
+      TypeError: integer input (cast to float first).
+
+    >>> x = jnp.ones((32, 32, 3)); k = jnp.ones((5, 5, 3, 10))
+    >>> conv(x, k).shape
+    (28, 28, 10)
+    """
+    where = "conv"
+    if impl not in IMPLS:
+        raise ValueError(f"{where}: `impl` must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}.")
+    x, kernel, bias = _operands(x, kernel, bias, where)
+    geo = shapes.conv_geometry(
+        x.shape,
+        kernel.shape,
+        None if bias is None else bias.shape,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        where=where,
+    )
+    mode = shapes.canonicalize_padding_mode(padding_mode, where)
+    if impl == "xla":
+        if mode == "zeros":
+            y = _conv_xla(x, kernel, geo, geo.padding, precision)
+        else:
+            y = _conv_xla(_pad(x, geo, mode), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
+    elif impl == "direct":
+        y = _conv_direct(_pad(x, geo, mode), kernel, geo, precision)
+    else:
+        y = _conv_im2col(_pad(x, geo, mode), kernel, geo, precision)
+    return _add_bias(y, bias)
+
+
+def conv_transpose(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    precision=None,
+) -> jax.Array:
+    """Transposed convolution with PyTorch's ``ConvTranspose{1,2,3}d`` semantics, channels last.
+
+    ``out = (W - 1)*S - (lo + hi) + dilation*(F - 1) + output_padding + 1`` per spatial dim.
+    It is the gradient of `conv` with respect to its input: each input pixel scatters a copy of
+    the kernel, ``stride`` pixels apart, and ``padding`` crops the result.
+
+    Args:
+      x: ``(*batch, *spatial, c_in)``.
+      kernel: ``(*kernel_size, c_in, c_out // groups)``: PyTorch's ``(c_in, c_out // groups, *k)``
+        weight moved to channels-last, not flipped.
+      bias: optional ``(c_out,)``.
+      strides, dilation: ints or d ints, >= 1.
+      padding: an int, d ints, d ``(lo, hi)`` pairs or ``"VALID"`` (= 0): rows cropped.
+      output_padding: extra rows on the high side, each smaller than the stride or dilation.
+      groups: feature groups.
+      precision: passed to ``lax``.
+
+    Returns:
+      ``(*batch, *out_spatial, c_out)``.
+
+    >>> conv_transpose(jnp.ones((3, 3, 4)), jnp.ones((3, 3, 4, 2)), strides=2).shape
+    (7, 7, 2)
+    """
+    where = "conv_transpose"
+    x, kernel, bias = _operands(x, kernel, bias, where)
+    geo = shapes.conv_transpose_geometry(
+        x.shape,
+        kernel.shape,
+        None if bias is None else bias.shape,
+        strides=strides,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        where=where,
+    )
+    d = len(geo.kernel_size)
+    ops = shapes.canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
+    # A transposed conv is a stride-1 conv over the input dilated by the stride, with the kernel
+    # flipped and its in/out roles swapped, padded by dilation*(F-1) minus PyTorch's crop.
+    w = lax.rev(kernel, tuple(range(d)))
+    if geo.groups > 1:
+        g = geo.groups
+        cg, og = geo.in_channels // g, kernel.shape[-1]
+        # (*k, g*cg, og) -> (*k, cg, g*og): lax wants the groups on the output-feature axis.
+        w = jnp.swapaxes(w.reshape(geo.kernel_size + (g, cg, og)), d, d + 1).reshape(
+            geo.kernel_size + (cg, g * og)
+        )
+    full = tuple(r * (k - 1) for r, k in zip(geo.dilation, geo.kernel_size))
+    pads = tuple((f - lo, f - hi + op) for f, (lo, hi), op in zip(full, geo.padding, ops))
+    y = _conv_xla(x, w, geo, pads, precision, lhs_dilation=geo.strides)
+    return _add_bias(y, bias)
