@@ -29,10 +29,11 @@ from jcnn import shapes
 from jcnn.shapes import ConvGeometry
 
 IMPLS = ("xla", "direct", "im2col")
+CHOICES = ("auto",) + IMPLS
 
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
-__all__ = ["conv", "conv_transpose", "IMPLS"]
+__all__ = ["conv", "conv_transpose", "auto_impl", "IMPLS", "CHOICES"]
 
 
 def _as_float_array(value, name: str, where: str) -> jax.Array:
@@ -119,6 +120,7 @@ def _contract(patch: jax.Array, w: jax.Array, groups: int, precision, acc) -> ja
 
 
 def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
+    """The lecture's sliding filter: one strided slice per kernel offset, times its kernel slice."""
     acc = _accumulator(x.dtype)
     y = None
     for offset, patch in _offset_slices(x, geo):
@@ -128,6 +130,7 @@ def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
 
 
 def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
+    """Patches ``(..., taps * c_in)`` gathered by hand, then one matmul with the kernel matrix."""
     acc = _accumulator(x.dtype)
     taps = math.prod(geo.kernel_size)
     patches = jnp.stack([p for _, p in _offset_slices(x, geo)], axis=-2)  # (..., taps, c_in)
@@ -138,6 +141,15 @@ def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
         y = lax.dot_general(
             cols, kernel.reshape(taps * cg, c_out), dims, precision=precision, preferred_element_type=acc
         )
+    elif cg == 1:  # depthwise: a weighted sum over taps, no matmul to make
+        og = c_out // geo.groups
+        p = patches.astype(acc).reshape(patches.shape + (1,))  # (..., taps, c, 1)
+        w = lax.broadcast_in_dim(
+            kernel.astype(acc).reshape(taps, geo.groups, og),
+            p.shape[:-1] + (og,),
+            (p.ndim - 3, p.ndim - 2, p.ndim - 1),
+        )
+        y = (p * w).sum(axis=-3).reshape(patches.shape[:-2] + (c_out,))
     else:
         og = c_out // geo.groups
         p = patches.reshape(patches.shape[:-1] + (geo.groups, cg))
@@ -149,6 +161,29 @@ def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
             preferred_element_type=acc,
         ).reshape(patches.shape[:-2] + (c_out,))
     return y.astype(x.dtype)
+
+
+# Hand-written impls run over the batch a cache-sized chunk at a time, and recompute their
+# patches in the backward pass instead of storing them: on CPU, materialising a taps-times-larger
+# patches array for a whole batch costs more (fresh pages, cache misses) than the arithmetic.
+CHUNK_BYTES = 4 << 20
+
+
+def _chunked(fn, xp: jax.Array, kernel: jax.Array, geo: ConvGeometry, precision) -> jax.Array:
+    """``fn`` applied to ``xp`` (padded, batch dims flattened) a chunk of examples at a time."""
+    n = math.prod(geo.batch_shape)
+    per_example = (
+        math.prod(geo.out_spatial) * math.prod(geo.kernel_size) * geo.in_channels * xp.dtype.itemsize
+    )
+    chunk = max(1, min(n, CHUNK_BYTES // max(per_example, 1)))
+    flat = xp.reshape((n,) + xp.shape[len(geo.batch_shape) :])
+    one = geo._replace(batch_shape=())
+    if chunk >= n or n == 0:
+        y = fn(flat, kernel, one, precision)
+    else:
+        body = jax.checkpoint(lambda xe: fn(xe, kernel, one, precision))
+        y = lax.map(body, flat, batch_size=chunk)
+    return y.reshape(geo.out_shape)
 
 
 def _dimension_numbers(d: int) -> lax.ConvDimensionNumbers:
@@ -180,6 +215,17 @@ def _conv_xla(x, kernel, geo: ConvGeometry, padding, precision, lhs_dilation=Non
         precision=precision,
     )
     return y.reshape(geo.out_shape)
+
+
+def auto_impl(geo: ConvGeometry, backend: str | None = None) -> str:
+    """The implementation ``impl="auto"`` picks for a geometry on a backend.
+
+    On GPU and TPU, XLA's convolution (cuDNN on NVIDIA) is the fast path. On CPU, XLA's
+    convolution backward pass is slow (see experiments/RESULTS.md), so the chunked im2col path wins.
+    """
+    del geo  # the rule depends on the backend alone for now; the geometry is here for refinements
+    backend = backend or jax.default_backend()
+    return "im2col" if backend == "cpu" else "xla"
 
 
 def conv(
@@ -223,8 +269,8 @@ def conv(
     (28, 28, 10)
     """
     where = "conv"
-    if impl not in IMPLS:
-        raise ValueError(f"{where}: `impl` must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}.")
+    if impl not in CHOICES:
+        raise ValueError(f"{where}: `impl` must be one of {', '.join(map(repr, CHOICES))}, got {impl!r}.")
     x, kernel, bias = _operands(x, kernel, bias, where)
     geo = shapes.conv_geometry(
         x.shape,
@@ -238,15 +284,16 @@ def conv(
         where=where,
     )
     mode = shapes.canonicalize_padding_mode(padding_mode, where)
+    if impl == "auto":
+        impl = auto_impl(geo)
     if impl == "xla":
         if mode == "zeros":
             y = _conv_xla(x, kernel, geo, geo.padding, precision)
         else:
             y = _conv_xla(_pad(x, geo, mode), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
-    elif impl == "direct":
-        y = _conv_direct(_pad(x, geo, mode), kernel, geo, precision)
     else:
-        y = _conv_im2col(_pad(x, geo, mode), kernel, geo, precision)
+        fn = _conv_direct if impl == "direct" else _conv_im2col
+        y = _chunked(fn, _pad(x, geo, mode), kernel, geo, precision)
     return _add_bias(y, bias)
 
 
