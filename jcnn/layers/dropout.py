@@ -1,0 +1,85 @@
+"""Dropout: zero each activation with probability `drop_rate` in training (inverted scaling)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn.layers.base import Layer, LayerInfo, describe, input_shape_of
+
+__all__ = ["Dropout"]
+
+
+def Dropout(drop_rate: float) -> Layer:
+    """Dropout (Srivastava et al., 2014) with inverted scaling.
+
+    With ``train=True`` each element is zeroed with probability ``drop_rate`` (the probability
+    of DROPPING, as in PyTorch and Flax; stax's ``Dropout(rate)`` meant keeping) and the
+    survivors are divided by ``1 - drop_rate``, so the expected output equals the input and
+    evaluation (``train=False``) is the identity. Under `batched` every example gets its own key,
+    hence its own mask.
+
+    Args:
+      drop_rate: probability of dropping, ``0 <= drop_rate <= 1`` (``1`` outputs zeros).
+
+    Returns:
+      A `Layer` with params ``()`` and state ``()``. ``apply`` needs ``key`` when ``train=True``.
+
+    Raises:
+      ValueError: ``drop_rate`` outside ``[0, 1]``; ``apply(..., train=True)`` without a key.
+
+    >>> import jax, jax.numpy as jnp
+    >>> layer = Dropout(0.5)
+    >>> y, _ = layer.apply((), (), jnp.ones(4), key=jax.random.key(0), train=True)
+    >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
+    True
+    >>> layer.apply((), (), jnp.ones(2))[0].tolist()
+    [1.0, 1.0]
+    """
+    where = "Dropout"
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, numbers.Real):
+        raise TypeError(f"{where}: `drop_rate` must be a number in [0, 1], got {drop_rate!r}.")
+    rate = float(drop_rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(
+            f"{where}: `drop_rate` is the probability of dropping and must be in [0, 1], got {drop_rate!r}."
+        )
+
+    def init(key, input_shape):
+        del key
+        return input_shape_of(input_shape, where), (), ()
+
+    def apply(params, state, x, *, key=None, train=False):
+        del params
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise ValueError(
+                f"{where}: `train=True` needs a random `key` to draw the mask; call"
+                f" apply(params, state, x, key=key, train=True), or train=False to evaluate."
+            )
+        if rate == 1.0:
+            return jnp.zeros_like(x), state
+        # Drawn flat and reshaped: XLA compiles jax.random's multi-axis sampling several times
+        # slower on CPU, for the same i.i.d. mask.
+        keep = jax.random.bernoulli(key, 1.0 - rate, (math.prod(x.shape),)).reshape(x.shape)
+        scaled = x / jnp.asarray(1.0 - rate, x.dtype)
+        return lax.select(keep, scaled, jnp.zeros_like(x)), state
+
+    def info(input_shape):
+        shape = input_shape_of(input_shape, where)
+        return LayerInfo(shape, 0, 0)
+
+    return Layer(
+        init,
+        apply,
+        name="Dropout",
+        kind="dropout",
+        hparams={"drop_rate": rate},
+        info=info,
+        description=describe("Dropout", (rate,)),
+    )
