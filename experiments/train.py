@@ -1,0 +1,186 @@
+"""Train a CNN classifier and save its checkpoint, metrics and learning curves.
+
+With no flags: LeNet on scikit-learn's 8x8 digits (no download), Adam with a cosine schedule,
+about half a minute on two CPU cores, test accuracy about 0.98.
+
+    python experiments/train.py
+    python experiments/train.py --dataset fashion-mnist --model lenet --epochs 5
+    python experiments/train.py --dataset cifar10 --data-dir ~/data --model allconv
+    python experiments/train.py --dataset fashion-mnist --resume    # continue runs/fashion-mnist-lenet
+
+Writes into ``--out`` (default ``runs/<dataset>-<model>``): ``checkpoint.msgpack`` (after every
+epoch, atomically), ``metrics.json``, ``metrics.csv`` and ``learning_curves.png``. Ctrl-C and
+``--resume`` continue where the last finished epoch left off, with identical results.
+On several devices (GPUs, a TPU host, or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+on a CPU) the batch is split over them; on a pod call ``jax.distributed.initialize()`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# The per-dataset defaults: (epochs, batch size, learning rate). Digits: 1438 training images,
+# so small batches give enough steps; lenet reaches ~0.975-0.98 test accuracy in 15 epochs.
+DEFAULTS = {
+    "digits": (15, 32, 2e-3),
+    "fashion-mnist": (4, 64, 1e-3),
+    "mnist": (3, 64, 1e-3),
+    "cifar10": (20, 64, 1e-3),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the dataset's files (fashion-mnist: default $JCNN_DATA_DIR or "
+        "/usr/share/datasets/fashion-mnist; required for mnist and cifar10)",
+    )
+    p.add_argument("--model", choices=["lenet", "allconv", "mlp"], default="lenet")
+    p.add_argument("--epochs", type=int, default=None, help="default per dataset: " + _defaults_help(0))
+    p.add_argument("--batch-size", type=int, default=None, help="default per dataset: " + _defaults_help(1))
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default " + _defaults_help(2))
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder; default runs/<dataset>-<model>")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out's checkpoint; give the same flags as the first run (the schedule spans --epochs)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _defaults_help(i: int) -> str:
+    return ", ".join(f"{name} {values[i]}" for name, values in DEFAULTS.items())
+
+
+def load(dataset: str, data_dir: str | None):
+    from jcnn import data
+
+    if dataset == "digits":
+        return data.load_digits()
+    if dataset == "fashion-mnist":
+        return data.load_fashion_mnist(data_dir)
+    if data_dir is None:
+        sys.exit(f"train.py: --dataset {dataset} needs --data-dir (the folder holding its files).")
+    return data.load_mnist(data_dir) if dataset == "mnist" else data.load_cifar10(data_dir)
+
+
+def plot_learning_curves(history: list, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
+        test = [row[f"test_{key}"] for row in history]
+        if any(v is not None for v in test):
+            ax.plot(epochs, test, "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    epochs, batch_size, lr = DEFAULTS[args.dataset]
+    epochs = args.epochs if args.epochs is not None else epochs
+    batch_size = args.batch_size if args.batch_size is not None else batch_size
+    lr = args.lr if args.lr is not None else lr
+    out = args.out or os.path.join("runs", f"{args.dataset}-{args.model}")
+
+    import jax
+    import optax
+
+    from jcnn import train
+    from jcnn.models import MODELS
+    from jcnn.summary import summary
+
+    ds = load(args.dataset, args.data_dir)
+    model = MODELS[args.model](ds.num_classes, ds.image_shape)
+    print(
+        f"{ds.name}: {len(ds.train.labels)} train / {len(ds.test.labels)} test images of shape {ds.image_shape}"
+    )
+    print(f"model {args.model}:")
+    print(summary(model, ds.image_shape))
+
+    steps = epochs * (len(ds.train.labels) // batch_size)
+    warmup = int(args.warmup_epochs * (len(ds.train.labels) // batch_size))
+    schedule = (
+        optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
+        if warmup
+        else (optax.cosine_decay_schedule(lr, max(steps, 1)))
+    )
+    optimizer = (
+        optax.adamw(schedule, weight_decay=args.weight_decay) if args.weight_decay else optax.adam(schedule)
+    )
+    devices = jax.devices()
+    print(
+        f"training {epochs} epochs, batch {batch_size}, adam{'w' if args.weight_decay else ''} lr {lr} "
+        f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s); output in {out}"
+    )
+
+    if args.resume and not os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)):
+        sys.exit(f"train.py: --resume but {out} holds no {train.CHECKPOINT_NAME}; drop --resume to start.")
+    t0 = time.perf_counter()
+    try:
+        result = train.fit(
+            model,
+            optimizer,
+            ds,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=args.seed,
+            out_dir=out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            on_epoch_end=lambda row: print(
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+                f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+                f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
+                flush=True,
+            ),
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is in {out}; continue with --resume", file=sys.stderr)
+        return 130
+    except train.NonFiniteLossError as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - t0
+
+    history = result.history
+    if not history:
+        print("nothing to train: the checkpoint already has all epochs")
+        return 0
+    last = history[-1]
+    plot_learning_curves(history, os.path.join(out, "learning_curves.png"), f"{ds.name} {args.model}")
+    rates = [row["images_per_s"] for row in history]
+    print(
+        f"train step compiled in {result.compile_time_s:.2f}s; {wall:.1f}s in fit; "
+        f"{sum(rates) / len(rates):.0f} images/s mean training throughput"
+    )
+    print(f"wrote {out}/checkpoint.msgpack, metrics.json, metrics.csv, learning_curves.png")
+    print(f"test accuracy: {last['test_accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""Tests for jcnn.train: steps, evaluation, fit, checkpoints, resume, non-finite stops, devices."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jcnn import data, train
+from jcnn.layers import Dense, Dropout, Flatten, Relu, batched, serial
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST, BATCH = 640, 150, 32
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 20
+
+
+# One model and one optimizer object for most of the file: `make_train_step` hands back the same
+# compiled step for the same objects, and every new parameter shape costs a compile of the
+# initializer. Dropout puts the per-step key on the tested path; the schedule puts a step count
+# in the optimizer state, which resume must restore.
+MODEL = serial(Flatten(), Dense(32), Relu(), Dropout(0.2), Dense(10))
+OPTIMIZER = optax.adam(optax.cosine_decay_schedule(1e-2, 2 * STEPS_PER_EPOCH))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = data.load_digits()
+    return ds._replace(
+        train=data.Split(ds.train.images[:N_TRAIN], ds.train.labels[:N_TRAIN]),
+        test=data.Split(ds.test.images[:N_TEST], ds.test.labels[:N_TEST]),
+    )
+
+
+def tree_equal(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb)
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_run(digits, tmp_path_factory):
+    """Two epochs in one go, writing files: shared by the metrics, loss and resume tests."""
+    out = tmp_path_factory.mktemp("straight")
+    result = train.fit(
+        MODEL, OPTIMIZER, digits, epochs=2, batch_size=BATCH, seed=3, out_dir=out, progress=False
+    )
+    return out, result
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps.
+
+
+def test_init_state_types():
+    state = train.init_state(MODEL, optax.sgd(0.1), 0, (8, 8, 1))
+    assert state.step.dtype == jnp.int32 and int(state.step) == 0
+    assert state.key.dtype == jnp.uint32
+    assert state.params[1]["kernel"].dtype == jnp.float32
+    # A typed key and its raw data give the same state.
+    typed = train.init_state(MODEL, optax.sgd(0.1), jax.random.key(0), (8, 8, 1))
+    assert tree_equal(state, typed)
+
+
+def test_init_state_rejects_non_vector_output():
+    with pytest.raises(ValueError, match=r"vector of logits .* outputs \(8, 8, 3\)"):
+        train.init_state(serial(Dense(3)), optax.sgd(0.1), 0, (8, 8, 1))
+
+
+def test_bad_model_and_optimizer_types():
+    with pytest.raises(TypeError, match="jcnn.layers.Layer"):
+        train.make_train_step(lambda x: x, optax.sgd(0.1))
+    with pytest.raises(TypeError, match="optax.GradientTransformation"):
+        train.make_train_step(MODEL, "adam")
+
+
+def test_train_step_loss_falls_and_donates(digits):
+    model = MODEL
+    opt = optax.adam(1e-2)
+    step = train.make_train_step(model, opt)
+    state = step.place_state(train.init_state(model, opt, 0, (8, 8, 1)))
+    x, y = digits.train.images[:64], digits.train.labels[:64]
+    losses = []
+    for _ in range(30):
+        old = state
+        state, metrics = step(state, x, y)
+        losses.append(float(metrics["loss"]))
+    assert old.params[1]["kernel"].is_deleted()  # the state passed in was donated
+    assert int(state.step) == 30
+    assert losses[-1] < 0.25 * losses[0], losses
+    # Training metrics see dropout; the evaluation (train=False) of the fitted batch is clean.
+    assert train.evaluate(model, state, x, y)["accuracy"] > 0.95
+    assert step.jitted._cache_size() == 1
+
+
+def test_train_step_matches_hand_written_step(digits):
+    """The step is plain softmax cross-entropy + optax: check it against one written out here."""
+    model = serial(Flatten(), Dense(10))
+    opt = optax.sgd(0.5)
+    state = train.init_state(model, opt, 1, (8, 8, 1))
+    x, y = digits.train.images[:16], digits.train.labels[:16]
+
+    def loss(params):
+        logits = jax.vmap(lambda xi: model.apply(params, state.model_state, xi)[0])(x)
+        return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+    want_loss, grads = jax.value_and_grad(loss)(state.params)
+    want = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, state.params, grads)
+    new, metrics = train.make_train_step(model, opt, donate=False)(state, x, y)
+    np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_pads_and_masks_the_last_batch(straight_run, digits):
+    _, result = straight_run
+    model, state = MODEL, result.state
+    x, y = digits.test
+    logits, _ = batched(model).apply(state.params, state.model_state, jnp.asarray(x))
+    want_loss = float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)))
+    want_acc = int(np.sum(np.asarray(jnp.argmax(logits, -1)) == y)) / N_TEST
+    step = train.make_eval_step(model)
+    for batch_size in (7, 64, 1000):  # 150 = 21 * 7 + 3, 2 * 64 + 22, one padded batch
+        got = train.evaluate(step, state, x, y, batch_size=batch_size)
+        np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
+        assert got["accuracy"] == want_acc and got["count"] == N_TEST
+    # Odd dataset sizes at one batch size reuse one compilation.
+    compiled = step.jitted._cache_size()
+    for n in (5, 13, 149):
+        got = train.evaluate(step, state, x[:n], y[:n], batch_size=7)
+        assert got["count"] == n
+    assert step.jitted._cache_size() == compiled
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: metrics, resume.
+
+
+def test_fit_loss_falls_and_learns(straight_run):
+    _, result = straight_run
+    h = result.history
+    assert [row["epoch"] for row in h] == [1, 2]
+    assert h[1]["train_loss"] < 0.7 * h[0]["train_loss"]
+    assert h[1]["test_loss"] < h[0]["test_loss"]
+    assert h[1]["test_accuracy"] > 0.7  # chance is 0.1; 40 steps of a 32-unit MLP
+    assert int(result.state.step) == 2 * STEPS_PER_EPOCH
+    assert result.compile_time_s > 0
+
+
+def test_metrics_files(straight_run):
+    out, result = straight_run
+    assert sorted(os.listdir(out)) == ["checkpoint.msgpack", "metrics.csv", "metrics.json"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["history"] == result.history
+    assert saved["num_devices"] == 1 and saved["seed"] == 3 and saved["batch_size"] == BATCH
+    assert saved["compile_time_s"] == result.compile_time_s
+    for i, row in enumerate(saved["history"]):
+        assert row["epoch"] == i + 1 and row["step"] == (i + 1) * STEPS_PER_EPOCH
+        assert 0 <= row["train_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
+        assert row["images_per_s"] > 0
+        assert row["epoch_time_s"] == pytest.approx(row["train_time_s"] + row["eval_time_s"])
+    with open(out / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == train._CSV_FIELDS
+    assert len(rows) == 2
+    for row, want in zip(rows, saved["history"]):
+        assert int(row["epoch"]) == want["epoch"] and int(row["step"]) == want["step"]
+        for key in train._CSV_FIELDS[2:]:
+            assert float(row[key]) == want[key]  # repr of a float round-trips exactly
+
+
+def test_checkpoint_roundtrip(straight_run):
+    out, result = straight_run
+    template = train.init_state(MODEL, OPTIMIZER, 0, (8, 8, 1))
+    state, epoch, history, meta = train.load_checkpoint(out / train.CHECKPOINT_NAME, template)
+    assert epoch == 2 and history == result.history and meta == {"seed": 3, "batch_size": BATCH}
+    assert tree_equal(state, jax.device_get(result.state))
+
+
+def test_resume_is_bit_identical(straight_run, digits, tmp_path):
+    _, straight = straight_run
+    first = train.fit(
+        MODEL, OPTIMIZER, digits, epochs=1, batch_size=BATCH, seed=3, out_dir=tmp_path, progress=False
+    )
+    assert int(first.state.step) == STEPS_PER_EPOCH
+    resumed = train.fit(
+        MODEL,
+        OPTIMIZER,
+        digits,
+        epochs=2,
+        batch_size=BATCH,
+        seed=3,
+        out_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert tree_equal(resumed.state, straight.state)  # params, optimizer state, step and key
+    keys = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in straight.history]
+    assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())["history"]] == [1, 2]
+    # Resuming a finished run trains nothing and returns the saved state.
+    again = train.fit(
+        MODEL,
+        OPTIMIZER,
+        digits,
+        epochs=2,
+        batch_size=BATCH,
+        seed=3,
+        out_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert tree_equal(again.state, straight.state) and again.compile_time_s == 0.0
+
+
+def test_resume_errors(straight_run, digits, tmp_path):
+    out, _ = straight_run
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.fit(MODEL, OPTIMIZER, digits, epochs=2, batch_size=BATCH, out_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"`seed` 3 \(now 4\)"):
+        train.fit(MODEL, OPTIMIZER, digits, epochs=3, batch_size=BATCH, seed=4, out_dir=out, resume=True)
+    with pytest.raises(ValueError, match="not a checkpoint of this model"):
+        other = serial(Flatten(), Dense(10))
+        train.load_checkpoint(out / train.CHECKPOINT_NAME, train.init_state(other, OPTIMIZER, 0, (8, 8, 1)))
+
+
+def test_fit_argument_errors(digits):
+    with pytest.raises(ValueError, match=f"at most the {N_TRAIN} training examples"):
+        train.fit(MODEL, OPTIMIZER, digits, epochs=1, batch_size=N_TRAIN + 1)
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 0"):
+        train.fit(MODEL, OPTIMIZER, digits, epochs=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite losses and interrupted writes.
+
+
+def nan_from_update(k: int, lr: float = 0.1):
+    """SGD whose updates turn NaN from the (k+1)-th on (optax counts updates from 0)."""
+    return optax.chain(
+        optax.sgd(lr),
+        optax.scale_by_schedule(lambda count: jnp.where(count >= k, jnp.float32(jnp.nan), jnp.float32(1))),
+    )
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    # Update 23 (epoch 2, batch 3) makes the params NaN, so update 24's loss is NaN.
+    opt = nan_from_update(22)
+    with pytest.raises(train.NonFiniteLossError, match=r"step 24 \(epoch 2, batch 4 of 20\)") as info:
+        train.fit(MODEL, opt, digits, epochs=3, batch_size=BATCH, out_dir=tmp_path, progress=False)
+    err = info.value
+    assert (err.step, err.epoch, err.batch) == (24, 2, 4) and np.isnan(err.loss)
+    assert err.checkpoint == os.path.join(tmp_path, train.CHECKPOINT_NAME)
+    assert "after epoch 1" in str(err) and "is unchanged" in str(err)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.msgpack", "metrics.csv", "metrics.json"]
+    template = train.init_state(MODEL, opt, 0, (8, 8, 1))
+    state, epoch, history, _ = train.load_checkpoint(tmp_path / train.CHECKPOINT_NAME, template)
+    assert epoch == 1 and len(history) == 1 and int(state.step) == STEPS_PER_EPOCH
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
+
+
+def test_non_finite_params_at_epoch_end_write_nothing(digits, tmp_path):
+    # The last update of epoch 1 makes the params NaN: every loss of the epoch was finite, but
+    # the checkpoint must not be written.
+    with pytest.raises(
+        train.NonFiniteLossError,
+        match=r"the train state became non-finite .* at step 20 \(epoch 1, batch 20 of 20\)",
+    ):
+        train.fit(
+            MODEL,
+            nan_from_update(STEPS_PER_EPOCH - 1),
+            digits,
+            epochs=2,
+            batch_size=BATCH,
+            out_dir=tmp_path,
+            progress=False,
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_huge_learning_rate_raises_non_finite(digits):
+    with pytest.raises(train.NonFiniteLossError, match="no checkpoint of this run was written"):
+        train.fit(MODEL, optax.sgd(1e30), digits, epochs=2, batch_size=BATCH, progress=False)
+
+
+@pytest.mark.parametrize(
+    "target, exc",
+    [("fsync", KeyboardInterrupt), ("replace", OSError)],
+    ids=["ctrl-c-before-rename", "rename-fails"],
+)
+def test_interrupted_checkpoint_write_keeps_the_old_one(straight_run, tmp_path, monkeypatch, target, exc):
+    out, result = straight_run
+    path = tmp_path / train.CHECKPOINT_NAME
+    train.save_checkpoint(path, result.state, epoch=1, history=result.history[:1])
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise exc("simulated failure mid-write")
+
+    monkeypatch.setattr(os, target, fail)
+    with pytest.raises(exc, match="simulated"):
+        train.save_checkpoint(path, result.state, epoch=2, history=result.history)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == [train.CHECKPOINT_NAME]  # no temp file left behind
+    assert path.read_bytes() == before
+    template = train.init_state(MODEL, OPTIMIZER, 0, (8, 8, 1))
+    assert train.load_checkpoint(path, template)[1] == 1
+
+
+def test_interrupt_during_fit_checkpoint(digits, tmp_path, monkeypatch):
+    train.fit(MODEL, OPTIMIZER, digits, epochs=1, batch_size=BATCH, seed=3, out_dir=tmp_path, progress=False)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    written = []
+    real_fsync = os.fsync
+
+    def fsync_then_ctrl_c(fd):
+        written.append(fd)
+        real_fsync(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(
+            MODEL,
+            OPTIMIZER,
+            digits,
+            epochs=2,
+            batch_size=BATCH,
+            seed=3,
+            out_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    monkeypatch.undo()
+    assert written, "the checkpoint write was never reached"
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Several devices (a subprocess: the device count is fixed when jax starts).
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, tempfile
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import PartitionSpec
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    from jcnn import data, train
+    from jcnn.layers import BatchNorm, Dense, Dropout, Flatten, Relu, serial
+
+    assert jax.device_count() == 4, jax.devices()
+    # BatchNorm: its batch statistics must span all four devices' rows to match one device.
+    model = serial(Flatten(), Dense(16), BatchNorm(), Relu(), Dropout(0.2), Dense(10))
+    # Plain SGD: Adam divides by sqrt(v), which blows rounding noise in a near-zero gradient
+    # (the bias before BatchNorm) up to a full step, and equal-to-rounding is the claim here.
+    opt = optax.sgd(0.1, momentum=0.9)
+    ds = data.load_digits()
+    x, y = ds.train.images[:32], ds.train.labels[:32]
+    out = {}
+
+    step4 = train.make_train_step(model, opt)
+    step1 = train.make_train_step(model, opt, devices=jax.devices()[:1])
+    xs, ys = step4.place_batch(x, y)
+    out["x_spec_is_data"] = xs.sharding.spec == PartitionSpec("data")
+    out["x_shards"] = sorted((s.device.id, s.index[0].start, s.data.shape[0]) for s in xs.addressable_shards)
+    s4 = step4.place_state(train.init_state(model, opt, 0, (8, 8, 1)))
+    s1 = step1.place_state(train.init_state(model, opt, 0, (8, 8, 1)))
+    out["loss4"], out["loss1"] = [], []
+    for i in range(3):
+        xb, yb = ds.train.images[32 * i : 32 * i + 32], ds.train.labels[32 * i : 32 * i + 32]
+        s4, m4 = step4(s4, xb, yb)
+        s1, m1 = step1(s1, xb, yb)
+        out["loss4"].append(float(m4["loss"]))
+        out["loss1"].append(float(m1["loss"]))
+    leaves = jax.tree_util.tree_leaves(s4)
+    out["state_replicated"] = all(l.sharding.is_fully_replicated for l in leaves)
+    out["state_devices"] = sorted({len(l.sharding.device_set) for l in leaves})
+    out["max_param_diff"] = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree_util.tree_leaves(s4), jax.tree_util.tree_leaves(s1))
+        if np.issubdtype(np.asarray(a).dtype, np.floating)
+    )
+    try:
+        step4(s4, x[:30], y[:30])
+    except ValueError as e:
+        out["indivisible"] = str(e)
+    small = ds._replace(train=data.Split(ds.train.images[:256], ds.train.labels[:256]),
+                        test=data.Split(ds.test.images[:37], ds.test.labels[:37]))
+    out_dir = tempfile.mkdtemp()
+    result = train.fit(model, opt, small, epochs=1, batch_size=32, out_dir=out_dir, progress=False)
+    out["fit_test_count_ok"] = result.history[0]["test_accuracy"] * 37 % 1 < 1e-9
+    out["fit_loss"] = result.history[0]["train_loss"]
+    template = train.init_state(model, opt, 0, (8, 8, 1))
+    saved = train.load_checkpoint(os.path.join(out_dir, train.CHECKPOINT_NAME), template)[0]
+    out["checkpoint_matches"] = all(
+        np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(result.state))
+    )
+    print("RESULT", json.dumps(out))
+    """
+)
+
+
+def test_four_device_data_parallelism():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    assert out["x_spec_is_data"]
+    # Four devices, eight rows each, covering the batch.
+    assert [(start, rows) for _, start, rows in out["x_shards"]] == [(0, 8), (8, 8), (16, 8), (24, 8)]
+    assert sorted(d for d, _, _ in out["x_shards"]) == [0, 1, 2, 3]
+    assert out["state_replicated"] and out["state_devices"] == [4]
+    np.testing.assert_allclose(out["loss4"], out["loss1"], rtol=1e-5)
+    assert out["max_param_diff"] < 1e-5
+    assert "30 examples does not split evenly over 4 devices" in out["indivisible"]
+    assert out["fit_test_count_ok"] and np.isfinite(out["fit_loss"]) and out["checkpoint_matches"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment script.
+
+
+def test_experiment_script_smoke(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "experiments/train.py", "--model", "mlp", "--epochs", "1", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Dense(256)" in proc.stdout.split("training 1 epochs")[0]  # the summary came first
+    assert "epoch 1/1" in proc.stderr  # the progress bar
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("test accuracy: 0.") and len(last.split(": ")[1]) == 6, last
+    assert sorted(os.listdir(out)) == [
+        "checkpoint.msgpack",
+        "learning_curves.png",
+        "metrics.csv",
+        "metrics.json",
+    ]
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(history) == 1 and f"{history[0]['test_accuracy']:.4f}" == last.split(": ")[1]
