@@ -261,7 +261,8 @@ def conv_output_size(
       padding: an int (both sides), a ``(lo, hi)`` pair, or a padding name.
       dilation: spacing between kernel taps.
       ceil_mode: round the division up (pooling).
-      exact: raise ``ShapeError`` unless the windows end exactly at the padded input's end.
+      exact: raise ``ShapeError`` unless the windows end exactly at the padded input's end and
+        every input pixel is read (no gaps between windows either).
 
     Returns:
       The output length, a Python int >= 1.
@@ -286,20 +287,28 @@ def conv_output_size(
         lo, hi = _pair(padding, where)
     keff = _effective(k, r)
     span = w + lo + hi - keff
-    if span < 0:
+    # ceil_mode lets windows overhang the right edge, even the first one: PyTorch gives
+    # ceil(span / S) + 1 >= 1 outputs whenever span > -S (e.g. a 3x3/3 ceil pool of a 2x2 input).
+    if span < 0 and not (ceil_mode and span > -s):
         dil = f" (dilation {r} makes it {keff} wide)" if r > 1 else ""
+        what = "window" if "pool" in where else "kernel"
         raise ShapeError(
-            f"{where}: the kernel of size {k}{dil} is larger than the padded input of size"
-            f" {w + lo + hi} (input {w} + padding {lo} + {hi}); use a smaller kernel or more padding."
+            f"{where}: the {what} of size {k}{dil} is larger than the padded input of size"
+            f" {w + lo + hi} (input {w} + padding {lo} + {hi}); use a smaller {what} or more padding."
         )
-    if exact and span % s:
-        raise ShapeError(explain_fit(w, k, s, (lo, hi), r).message)
+    if exact:
+        report = explain_fit(w, k, s, (lo, hi), r)
+        if not report.fits or report.unused:
+            raise ShapeError(f"{where}: exact=True, but {report.message}")
+    floor_out = span // s + 1 if span >= 0 else 0
     if ceil_mode:
         out = -(-span // s) + 1
-        if (out - 1) * s >= w + lo:
+        # PyTorch drops the extra ceil window when it would start in the right padding; the
+        # windows the floor rule already counts always stay.
+        if out > floor_out and (out - 1) * s >= w + lo:
             out -= 1
-        return out
-    return span // s + 1
+        return max(out, floor_out)
+    return floor_out
 
 
 def conv_output_shape(
@@ -377,6 +386,11 @@ def conv_transpose_output_shape(
     """
     kernel_size = canonicalize_window(kernel_size, where)
     d = len(kernel_size)
+    if len(in_spatial) != d:
+        raise ShapeError(
+            f"{where}: the input has {len(in_spatial)} spatial dims {tuple(in_spatial)} but the"
+            f" kernel has {d} {kernel_size}."
+        )
     strides = canonicalize_ints(strides, d, where, "strides")
     dilation = canonicalize_ints(dilation, d, where, "dilation")
     output_padding = canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
@@ -413,8 +427,8 @@ def pool_output_shape(
 ) -> Shape:
     """Output spatial shape of a pooling window; ``strides=None`` means strides = window.
 
-    Numeric padding may be at most half the (dilated) window on each side, PyTorch's rule: a
-    window made only of padding would pool nothing.
+    Numeric padding may be at most half the (undilated) window on each side, PyTorch's rule: a
+    window made only of padding would pool nothing. Padding names resolve to at most that much.
 
     >>> pool_output_shape((28, 28), (2, 2))
     (14, 14)
@@ -424,20 +438,23 @@ def pool_output_shape(
     strides = window_shape if strides is None else canonicalize_ints(strides, d, where, "strides")
     dilation = canonicalize_ints(dilation, d, where, "dilation")
     pads = resolve_padding(padding, in_spatial, window_shape, strides, dilation, where)
-    check_pool_padding(pads, window_shape, dilation, where)
+    if not isinstance(padding, str):  # names (SAME...) never make a window of padding alone
+        check_pool_padding(pads, window_shape, dilation, where)
     return conv_output_shape(
         in_spatial, window_shape, strides, pads, dilation, ceil_mode=ceil_mode, where=where
     )
 
 
 def check_pool_padding(pads, window_shape, dilation, where: str = "pool") -> None:
-    """PyTorch's rule: pooling padding at most half the effective window on each side."""
-    for (lo, hi), k, r in zip(pads, window_shape, dilation):
-        half = _effective(k, r) // 2
+    """PyTorch's rule: pooling padding at most ``window_shape // 2`` on each side (the window
+    before dilation, as PyTorch checks it), so no window reads padding alone."""
+    del dilation  # PyTorch bounds the padding by the undilated window
+    for (lo, hi), k in zip(pads, window_shape):
+        half = k // 2
         if lo > half or hi > half:
             raise ShapeError(
                 f"{where}: padding must be at most half the window on each side, got padding"
-                f" ({lo}, {hi}) for a window of size {_effective(k, r)}; use padding <= {half}."
+                f" ({lo}, {hi}) for a window of size {k}; use padding <= {half}."
             )
 
 
@@ -504,7 +521,7 @@ def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilatio
     fits = tail == 0
 
     suggestions: list[tuple[int | Pair, int]] = []
-    for p in range(0, keff + s):
+    for p in range(0, keff):  # padding >= the window would add windows that read only padding
         if (w + 2 * p - keff) % s == 0 and w + 2 * p >= keff and (p, p) != (lo, hi):
             suggestions.append((p, (w + 2 * p - keff) // s + 1))
         if len(suggestions) == 2:
@@ -523,8 +540,7 @@ def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilatio
         sug = []
         for p, o in suggestions:
             plo, phi = (p, p) if isinstance(p, int) else p
-            words = f"padding {p}" if isinstance(p, int) else f"padding {p}"
-            sug.append(f"{words} gives {_arith(w, keff, plo, phi, s)} = {o} outputs")
+            sug.append(f"padding {p} gives {_arith(w, keff, plo, phi, s)} = {o} outputs")
         msg = (
             f"stride {s} does not fit a {w}-wide input with a {kname} and {pad_words}:"
             f" {arith} is not a whole number, so frameworks round down to {out} outputs and"
@@ -704,7 +720,9 @@ def _check_kernel_rank(kernel_shape, where: str, layout: str) -> int:
 
 def _check_input_rank(x_shape, d: int, kernel_shape, where: str) -> None:
     if len(x_shape) < d + 1:
-        hint = " A single-channel image needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""
+        hint = (
+            " A single-channel image needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""
+        )
         raise ShapeError(
             f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
             f" (the kernel's shape {tuple(kernel_shape)} has {d}), got shape {tuple(x_shape)}.{hint}"
@@ -768,14 +786,18 @@ def conv_geometry(
     in_spatial = tuple(x_shape[-(d + 1) : -1])
     c_in, c_out = x_shape[-1], kernel_shape[-1]
     if kernel_shape[-2] < 1 or c_out < 1:
-        raise ShapeError(f"{where}: the kernel must have >= 1 input and output channel, got shape {tuple(kernel_shape)}.")
+        raise ShapeError(
+            f"{where}: the kernel must have >= 1 input and output channel, got shape {tuple(kernel_shape)}."
+        )
     g = _as_int(groups, where, "groups")
     if g < 1:
         raise ShapeError(f"{where}: `groups` must be >= 1, got {groups!r}.")
     if c_in % g:
         raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
     if c_out % g:
-        raise ShapeError(f"{where}: out-channels ({c_out}, the kernel's last dim) must be divisible by `groups` ({g}).")
+        raise ShapeError(
+            f"{where}: out-channels ({c_out}, the kernel's last dim) must be divisible by `groups` ({g})."
+        )
     if kernel_shape[-2] * g != c_in:
         per = f" per group x {g} groups" if g > 1 else ""
         raise ShapeError(
@@ -788,9 +810,20 @@ def conv_geometry(
     mode = canonicalize_padding_mode(padding_mode, where)
     pads = resolve_padding(padding, in_spatial, kernel_size, strides, dilation, where)
     _check_padding_mode(mode, pads, in_spatial, where)
-    out_spatial = conv_output_shape(in_spatial, kernel_size, strides, pads, dilation, exact=exact, where=where)
+    out_spatial = conv_output_shape(
+        in_spatial, kernel_size, strides, pads, dilation, exact=exact, where=where
+    )
     return ConvGeometry(
-        tuple(x_shape[: -(d + 1)]), in_spatial, c_in, c_out, kernel_size, strides, dilation, pads, out_spatial, g
+        tuple(x_shape[: -(d + 1)]),
+        in_spatial,
+        c_in,
+        c_out,
+        kernel_size,
+        strides,
+        dilation,
+        pads,
+        out_spatial,
+        g,
     )
 
 
@@ -829,7 +862,9 @@ def conv_transpose_geometry(
     if c_in % g:
         raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
     if kernel_shape[-1] < 1:
-        raise ShapeError(f"{where}: the kernel must have >= 1 output channel, got shape {tuple(kernel_shape)}.")
+        raise ShapeError(
+            f"{where}: the kernel must have >= 1 output channel, got shape {tuple(kernel_shape)}."
+        )
     c_out = kernel_shape[-1] * g
     _check_bias(bias_shape, c_out, where)
     strides = canonicalize_ints(strides, d, where, "strides")
@@ -839,5 +874,149 @@ def conv_transpose_geometry(
     )
     pads = canonicalize_padding(0 if isinstance(padding, str) else padding, d, where)
     return ConvGeometry(
-        tuple(x_shape[: -(d + 1)]), in_spatial, c_in, c_out, kernel_size, strides, dilation, pads, out_spatial, g
+        tuple(x_shape[: -(d + 1)]),
+        in_spatial,
+        c_in,
+        c_out,
+        kernel_size,
+        strides,
+        dilation,
+        pads,
+        out_spatial,
+        g,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling geometry (used by jcnn.ops.pool and the pooling layers)
+# --------------------------------------------------------------------------------------------
+
+
+class PoolGeometry(NamedTuple):
+    """Everything a windowed pooling op needs, checked and made concrete from shapes alone."""
+
+    batch_shape: Shape  # leading batch dims of x (possibly ())
+    in_spatial: Shape
+    channels: int
+    window_shape: Shape
+    strides: Shape
+    dilation: Shape
+    padding: tuple[Pair, ...]  # the user's padding as concrete (lo, hi) pairs
+    lax_padding: tuple[Pair, ...]  # `padding` plus ceil_mode's right overhang: what reduce_window gets
+    out_spatial: Shape
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.batch_shape + self.out_spatial + (self.channels,)
+
+
+def _as_bool(value, where: str, name: str) -> bool:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
+        return bool(value)
+    raise TypeError(f"{where}: `{name}` must be True or False, got {value!r}.")
+
+
+def check_pool_input(x_shape, d: int, source: str, where: str = "pool") -> None:
+    """``x`` must be ``(*batch, *spatial, c)`` with ``d`` spatial dims, every one of them >= 1.
+
+    ``source`` says where ``d`` came from, e.g. ``"`window_shape` (2, 2) has 2"``.
+    """
+    x_shape = tuple(x_shape)
+    if len(x_shape) < d + 1:
+        hint = " A single-channel input needs a trailing channel dim: x[..., None]."
+        hint = hint if len(x_shape) == d else ""
+        raise ShapeError(
+            f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
+            f" ({source}), got shape {x_shape}.{hint}"
+        )
+    if any(s < 1 for s in x_shape[-(d + 1) :]):
+        raise ShapeError(f"{where}: every spatial and channel dim of `x` must be >= 1, got shape {x_shape}.")
+
+
+def pool_geometry(
+    x_shape,
+    window_shape,
+    strides=None,
+    padding: PaddingLike = 0,
+    dilation=1,
+    *,
+    ceil_mode: bool = False,
+    where: str = "pool",
+) -> PoolGeometry:
+    """Check a pooling op's arguments against ``x``'s shape and compute its concrete geometry.
+
+    ``x``: ``(*batch, *spatial, c)``, ``d = len(window_shape)`` spatial dims (an int window is
+    square 2-D). ``strides=None`` means strides = window. With ``ceil_mode`` the output size is
+    PyTorch's, and the windows that overhang the right edge read ``lax_padding``'s extra high
+    padding.
+
+    >>> g = pool_geometry((8, 5, 5, 3), 2, ceil_mode=True)
+    >>> g.out_shape, g.lax_padding
+    ((8, 3, 3, 3), ((0, 1), (0, 1)))
+    """
+    window_shape = canonicalize_window(window_shape, where, "window_shape")
+    d = len(window_shape)
+    x_shape = tuple(x_shape)
+    check_pool_input(x_shape, d, f"`window_shape` {window_shape} has {d}", where)
+    strides = window_shape if strides is None else canonicalize_ints(strides, d, where, "strides")
+    dilation = canonicalize_ints(dilation, d, where, "dilation")
+    ceil_mode = _as_bool(ceil_mode, where, "ceil_mode")
+    in_spatial = x_shape[-(d + 1) : -1]
+    pads = resolve_padding(padding, in_spatial, window_shape, strides, dilation, where)
+    out_spatial = pool_output_shape(
+        in_spatial,
+        window_shape,
+        strides,
+        padding if isinstance(padding, str) else pads,
+        dilation,
+        ceil_mode=ceil_mode,
+        where=where,
+    )
+    lax_pads = tuple(
+        (lo, max(hi, (o - 1) * s + _effective(k, r) - w - lo))
+        for (lo, hi), o, s, k, r, w in zip(pads, out_spatial, strides, window_shape, dilation, in_spatial)
+    )
+    batch_shape, channels = x_shape[: -(d + 1)], x_shape[-1]
+    return PoolGeometry(
+        batch_shape, in_spatial, channels, window_shape, strides, dilation, pads, lax_pads, out_spatial
+    )
+
+
+def canonicalize_output_size(output_size, where: str = "adaptive_pool") -> tuple[int | None, ...]:
+    """An adaptive pool's ``output_size``: an int (square 2-D) or d entries, each an int >= 1
+    or ``None`` (keep that dim's input size, as in PyTorch).
+
+    >>> canonicalize_output_size(7)
+    (7, 7)
+    >>> canonicalize_output_size((None, 3))
+    (None, 3)
+    """
+    if isinstance(output_size, (str, bytes)) or not isinstance(output_size, Sequence):
+        o = _as_int(output_size, where, "output_size")
+        output_size = (o, o)
+    if len(output_size) == 0:
+        raise ShapeError(f"{where}: `output_size` must have at least one spatial dim, got ().")
+    out = tuple(None if o is None else _as_int(o, where, "output_size") for o in output_size)
+    if any(o is not None and o < 1 for o in out):
+        raise ShapeError(
+            f"{where}: every entry of `output_size` must be >= 1 (or None to keep that dim),"
+            f" got {tuple(output_size)!r}."
+        )
+    return out
+
+
+def adaptive_output_shape(in_spatial: Sequence[int], output_size, where: str = "adaptive_pool") -> Shape:
+    """Output spatial shape of an adaptive pool; ``None`` entries keep the input's size.
+
+    Outputs larger than the input are allowed (PyTorch: windows of one or two pixels repeat).
+
+    >>> adaptive_output_shape((5, 7), (None, 3))
+    (5, 3)
+    """
+    out = canonicalize_output_size(output_size, where)
+    if len(in_spatial) != len(out):
+        raise ShapeError(
+            f"{where}: the input has {len(in_spatial)} spatial dims {tuple(in_spatial)} but"
+            f" `output_size` has {len(out)} {out}."
+        )
+    return tuple(w if o is None else o for w, o in zip(in_spatial, out))

@@ -37,7 +37,12 @@ __all__ = ["conv", "conv_transpose", "auto_impl", "IMPLS", "CHOICES"]
 
 
 def _as_float_array(value, name: str, where: str) -> jax.Array:
-    arr = jnp.asarray(value)
+    try:
+        arr = jnp.asarray(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{where}: `{name}` must be an array of floats, got {type(value).__name__} {value!r:.60}."
+        ) from None
     if not jnp.issubdtype(arr.dtype, jnp.inexact):
         raise TypeError(
             f"{where}: `{name}` has dtype {arr.dtype}, but convolution needs floating point;"
@@ -113,10 +118,15 @@ def _contract(patch: jax.Array, w: jax.Array, groups: int, precision, acc) -> ja
             w.astype(acc).reshape(groups, og), p.shape[:-2] + (groups, og), (p.ndim - 2, p.ndim - 1)
         )
         return (p * wg).reshape(patch.shape[:-1] + (c_out,))
-    p = patch.reshape(patch.shape[:-1] + (groups, cg))
-    return jnp.einsum(
-        "...gc,cgo->...go", p, w.reshape(cg, groups, og), precision=precision, preferred_element_type=acc
-    ).reshape(patch.shape[:-1] + (c_out,))
+    # One matmul per group, joined on the channel axis: an einsum with a group batch dim would
+    # put the group axis first and need a transpose of the activations to undo it.
+    return lax.concatenate(
+        [
+            _contract(patch[..., g * cg : (g + 1) * cg], w[:, g * og : (g + 1) * og], 1, precision, acc)
+            for g in range(groups)
+        ],
+        patch.ndim - 1,
+    )
 
 
 def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
@@ -131,6 +141,9 @@ def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
 
 def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
     """Patches ``(..., taps * c_in)`` gathered by hand, then one matmul with the kernel matrix."""
+    if kernel.shape[-2] == 1 and geo.groups > 1:
+        # Depthwise: there is no matmul to make; summing the taps directly is the fast form.
+        return _conv_direct(x, kernel, geo, precision)
     acc = _accumulator(x.dtype)
     taps = math.prod(geo.kernel_size)
     patches = jnp.stack([p for _, p in _offset_slices(x, geo)], axis=-2)  # (..., taps, c_in)
@@ -141,25 +154,22 @@ def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
         y = lax.dot_general(
             cols, kernel.reshape(taps * cg, c_out), dims, precision=precision, preferred_element_type=acc
         )
-    elif cg == 1:  # depthwise: a weighted sum over taps, no matmul to make
+    else:  # groups: one matmul per group over that group's columns, joined on channels
         og = c_out // geo.groups
-        p = patches.astype(acc).reshape(patches.shape + (1,))  # (..., taps, c, 1)
-        w = lax.broadcast_in_dim(
-            kernel.astype(acc).reshape(taps, geo.groups, og),
-            p.shape[:-1] + (og,),
-            (p.ndim - 3, p.ndim - 2, p.ndim - 1),
+        w = kernel.reshape(taps, cg, c_out)
+        y = lax.concatenate(
+            [
+                lax.dot_general(
+                    patches[..., g * cg : (g + 1) * cg].reshape(patches.shape[:-2] + (taps * cg,)),
+                    w[:, :, g * og : (g + 1) * og].reshape(taps * cg, og),
+                    (((patches.ndim - 2,), (0,)), ((), ())),
+                    precision=precision,
+                    preferred_element_type=acc,
+                )
+                for g in range(geo.groups)
+            ],
+            patches.ndim - 2,
         )
-        y = (p * w).sum(axis=-3).reshape(patches.shape[:-2] + (c_out,))
-    else:
-        og = c_out // geo.groups
-        p = patches.reshape(patches.shape[:-1] + (geo.groups, cg))
-        y = jnp.einsum(
-            "...tgc,tcgo->...go",
-            p,
-            kernel.reshape(taps, cg, geo.groups, og),
-            precision=precision,
-            preferred_element_type=acc,
-        ).reshape(patches.shape[:-2] + (c_out,))
     return y.astype(x.dtype)
 
 
@@ -220,12 +230,17 @@ def _conv_xla(x, kernel, geo: ConvGeometry, padding, precision, lhs_dilation=Non
 def auto_impl(geo: ConvGeometry, backend: str | None = None) -> str:
     """The implementation ``impl="auto"`` picks for a geometry on a backend.
 
-    On GPU and TPU, XLA's convolution (cuDNN on NVIDIA) is the fast path. On CPU, XLA's
-    convolution backward pass is slow (see experiments/RESULTS.md), so the chunked im2col path wins.
+    The rule comes from ``experiments/bench.py`` (numbers in experiments/RESULTS.md):
+
+    * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
+    * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
+    * CPU, 2-D and 3-D: ``"im2col"`` (depthwise convs take its direct form); XLA's CPU
+      convolution *backward* pass is several times slower than chunked matmuls.
     """
-    del geo  # the rule depends on the backend alone for now; the geometry is here for refinements
     backend = backend or jax.default_backend()
-    return "im2col" if backend == "cpu" else "xla"
+    if backend != "cpu" or len(geo.kernel_size) == 1:
+        return "xla"
+    return "im2col"
 
 
 def conv(
@@ -238,7 +253,7 @@ def conv(
     dilation=1,
     groups: int = 1,
     padding_mode: str = "zeros",
-    impl: str = "xla",
+    impl: str = "auto",
     precision=None,
 ) -> jax.Array:
     """N-D convolution (cross-correlation, like every deep-learning framework), channels last.
@@ -253,7 +268,8 @@ def conv(
       dilation: kernel dilation, int or d ints, >= 1.
       groups: feature groups; ``groups == c_in`` is a depthwise conv.
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
-      impl: ``"xla"``, ``"direct"`` or ``"im2col"``; all give the same numbers.
+      impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend and shape), ``"xla"``,
+        ``"direct"`` or ``"im2col"``; all give the same numbers.
       precision: passed to ``lax`` (e.g. ``lax.Precision.HIGHEST``).
 
     Returns:
