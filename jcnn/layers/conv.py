@@ -46,7 +46,7 @@ def Conv(
     groups: int = 1,
     bias: bool = True,
     padding_mode: str = "zeros",
-    impl: str = "xla",
+    impl: str = "auto",
     exact: bool = False,
     kernel_init=None,
     bias_init=None,
@@ -198,7 +198,7 @@ def Conv(
     )
     given.update(impl=impl, exact=exact)
     defaults = dict(
-        strides=1, padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros", impl="xla", exact=False
+        strides=1, padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros", impl="auto", exact=False
     )
     return Layer(
         init,
