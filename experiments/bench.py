@@ -99,8 +99,13 @@ def _raw_lax(x, kernel, geo: shapes.ConvGeometry):
     spatial = tuple(range(1, d + 1))
     dn = lax.ConvDimensionNumbers((0, d + 1) + spatial, (d + 1, d) + tuple(range(d)), (0, d + 1) + spatial)
     return lax.conv_general_dilated(
-        x, kernel, geo.strides, geo.padding, rhs_dilation=geo.dilation,
-        dimension_numbers=dn, feature_group_count=geo.groups,
+        x,
+        kernel,
+        geo.strides,
+        geo.padding,
+        rhs_dilation=geo.dilation,
+        dimension_numbers=dn,
+        feature_group_count=geo.groups,
     )
 
 
@@ -141,7 +146,9 @@ def bench_conv_case(name, in_shape, ksize, c_out, kw, batch, reps, impls, dtype=
         tconv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
         perm_x = (0, d + 1) + tuple(range(1, d + 1))
         xt = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(x), perm_x)))
-        kt = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(kernel), (d + 1, d) + tuple(range(d)))))
+        kt = torch.from_numpy(
+            np.ascontiguousarray(np.transpose(np.asarray(kernel), (d + 1, d) + tuple(range(d))))
+        )
         pad = kw.get("padding", 0)
         tkw = {"stride": kw.get("strides", 1), "padding": pad, "groups": groups}
         gt = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(cot), perm_x)))
@@ -174,8 +181,16 @@ def lenet_images_per_sec(batch: int, reps: int) -> dict:
     out = {}
 
     model = L.serial(
-        L.Conv(20, 5, padding=2), L.Relu(), L.MaxPool(2), L.Conv(50, 5, padding=2), L.Relu(), L.MaxPool(2),
-        L.Flatten(), L.Dense(500), L.Relu(), L.Dense(10),
+        L.Conv(20, 5, padding=2),
+        L.Relu(),
+        L.MaxPool(2),
+        L.Conv(50, 5, padding=2),
+        L.Relu(),
+        L.MaxPool(2),
+        L.Flatten(),
+        L.Dense(500),
+        L.Relu(),
+        L.Dense(10),
     )
     net = L.batched(model)
     _, params, state = net.init(jax.random.key(0), (batch, 28, 28, 1))
@@ -238,8 +253,16 @@ def lenet_images_per_sec(batch: int, reps: int) -> dict:
     if torch is not None:
         tn = torch.nn
         tm = tn.Sequential(
-            tn.Conv2d(1, 20, 5, padding=2), tn.ReLU(), tn.MaxPool2d(2), tn.Conv2d(20, 50, 5, padding=2), tn.ReLU(),
-            tn.MaxPool2d(2), tn.Flatten(), tn.Linear(50 * 7 * 7, 500), tn.ReLU(), tn.Linear(500, 10),
+            tn.Conv2d(1, 20, 5, padding=2),
+            tn.ReLU(),
+            tn.MaxPool2d(2),
+            tn.Conv2d(20, 50, 5, padding=2),
+            tn.ReLU(),
+            tn.MaxPool2d(2),
+            tn.Flatten(),
+            tn.Linear(50 * 7 * 7, 500),
+            tn.ReLU(),
+            tn.Linear(500, 10),
         )
         topt = torch.optim.Adam(tm.parameters(), 1e-3)
         xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(xb), -1, 1)))
@@ -269,7 +292,7 @@ def markdown(results: dict) -> str:
         f"Matmul ceiling (1024x1024 f32): **{results['matmul_gflops']:.1f} GFLOP/s**.",
         "",
     ]
-    cols = results["columns"]
+        lines += [f"### LeNet train step (adam, batch {results['lenet_batch']}), images/s", ""]
     for mode, title in (("fwd", "forward"), ("fwdbwd", "forward + backward")):
         lines += [f"### Convolution, {title} (median ms; GFLOP/s of the best jcnn impl)", ""]
         head = ["case", "batch"] + cols + ["best jcnn GFLOP/s", "default / torch"]
