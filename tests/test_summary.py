@@ -220,13 +220,16 @@ def perturbation_support(model, params, state, x):
     spatial = x.shape[:-1]
     n = math.prod(spatial)
 
-    def bumped(i):
+    def bumped(i, params):
         bump = jax.nn.one_hot(i, n, dtype=x.dtype).reshape(spatial + (1,))
         return model.apply(params, state, x + 1e3 * bump)[0]
 
     # Index n is the unbumped input (one_hot of an out-of-range index is zero), computed by the
-    # same compiled program as the others so that rounding cannot differ.
-    ys = jax.jit(jax.vmap(bumped))(jnp.arange(n + 1))  # (n + 1, *out_spatial, c)
+    # same compiled program as the others so that rounding cannot differ. The params go in as
+    # arguments, as in training: with ones-kernels closed over as constants, XLA's CPU compiler
+    # (jax 0.10.2) miscompiles jit(vmap(conv -> max_pool)) (wrong values even for the unbumped
+    # row; see the closing note of issue 3).
+    ys = jax.jit(jax.vmap(bumped, in_axes=(0, None)))(jnp.arange(n + 1), params)
     changed = np.asarray(jnp.abs(ys[:n] - ys[n:]).sum(-1) > 0)  # (n, *out_spatial)
     return np.moveaxis(changed.reshape(spatial + changed.shape[1:]), range(d), range(-d, 0)), d
 
