@@ -292,7 +292,7 @@ def markdown(results: dict) -> str:
         f"Matmul ceiling (1024x1024 f32): **{results['matmul_gflops']:.1f} GFLOP/s**.",
         "",
     ]
-        lines += [f"### LeNet train step (adam, batch {results['lenet_batch']}), images/s", ""]
+    cols = results["columns"]
     for mode, title in (("fwd", "forward"), ("fwdbwd", "forward + backward")):
         lines += [f"### Convolution, {title} (median ms; GFLOP/s of the best jcnn impl)", ""]
         head = ["case", "batch"] + cols + ["best jcnn GFLOP/s", "default / torch"]
@@ -315,7 +315,7 @@ def markdown(results: dict) -> str:
             lines.append(f"- {k}: {v}")
         lines.append("")
     if results.get("lenet"):
-        lines += ["### LeNet train step (adam, batch %d), images/s" % results["lenet_batch"], ""]
+        lines += [f"### LeNet train step (adam, batch {results['lenet_batch']}), images/s", ""]
         lines += ["| " + " | ".join(results["lenet"]) + " |", "|" + "---|" * len(results["lenet"])]
         lines.append("| " + " | ".join(f"{v:,.0f}" for v in results["lenet"].values()) + " |")
         lines.append("")

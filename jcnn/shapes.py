@@ -799,10 +799,10 @@ def conv_geometry(
             f"{where}: out-channels ({c_out}, the kernel's last dim) must be divisible by `groups` ({g})."
         )
     if kernel_shape[-2] * g != c_in:
-        per = f" per group x {g} groups" if g > 1 else ""
+        per = f"{kernel_shape[-2]} per group x {g} groups; " if g > 1 else ""
         raise ShapeError(
             f"{where}: input has {c_in} channels but the kernel expects"
-            f" {kernel_shape[-2] * g} ({kernel_shape[-2]}{per}; kernel shape {tuple(kernel_shape)})."
+            f" {kernel_shape[-2] * g} ({per}kernel shape {tuple(kernel_shape)})."
         )
     _check_bias(bias_shape, c_out, where)
     strides = canonicalize_ints(strides, d, where, "strides")
