@@ -1,11 +1,12 @@
-"""Test configuration: float64 available, rank promotion an error, deterministic hypothesis."""
+"""Test configuration: float32 by default (the dtype users run), rank promotion an error,
+deterministic hypothesis, and the `x64` fixture for the tests whose oracle needs float64."""
 
 import os
 
 import jax
+import pytest
 from hypothesis import HealthCheck, settings
 
-jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile(
@@ -17,3 +18,14 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("jcnn")
+
+
+@pytest.fixture
+def x64():
+    """float64 switched on for one test only: PyTorch float64 oracles and `check_grads`.
+
+    Hypothesis tests cannot take function-scoped fixtures; they use
+    ``with jax.enable_x64(True):`` in their body instead.
+    """
+    with jax.enable_x64(True):
+        yield
