@@ -127,12 +127,16 @@ def conv_to_dense(layer: Layer, params, input_shape, state=(), *, dtype=None) ->
 def convolutionalize(model: Layer, params, input_shape) -> tuple[Layer, tuple]:
     """Turn every ``Flatten -> Dense`` pair of a top-level `serial` model into a `Conv`.
 
-    The result computes the same outputs (as a ``(1, 1, ..., classes)`` map) on
-    ``input_shape`` and a score map on larger inputs: its output at ``(i, j)`` is the
-    original model on the window at ``(i * jump, j * jump)``, ``jump`` the product of the
-    strides before the Flatten, exactly so when no earlier layer pads (padding reads zeros at
-    a crop's border but real pixels inside the larger image). Later Dense layers act per pixel
-    unchanged.
+    What is guaranteed: on ``input_shape`` the result computes exactly the model's outputs,
+    as a ``(1, 1, ..., classes)`` map, whatever the layers. On a larger input it gives a score
+    map (Long et al., 2015), and its output at ``(i, j)`` equals the original model on the
+    crop at ``(i * jump, j * jump)`` (``jump`` the product of the strides before the Flatten)
+    ONLY when every layer before the Flatten is a sliding window that reads no padding
+    (``padding=0`` or ``"VALID"``, no ``ceil_mode``) or acts per pixel (activations, Dense,
+    BatchNorm in eval mode, LayerNorm over channels). Padding reads zeros at a crop's border but
+    real pixels inside the larger image; layers that look at a whole example (GroupNorm,
+    LayerNorm over spatial axes, global or adaptive pooling) differ on a larger input; neither
+    is checked here. Later Dense layers act per pixel unchanged.
 
     Args:
       model: a `serial` model.
@@ -152,7 +156,8 @@ def convolutionalize(model: Layer, params, input_shape) -> tuple[Layer, tuple]:
     (5, 5, 10)
     """
     where = "convolutionalize"
-    if not isinstance(model, Layer) or model.kind != "serial":
+    # serial's name is what identifies it: the only combinator whose children run one after another.
+    if not isinstance(model, Layer) or model.name != "serial":
         raise TypeError(f"{where}: `model` must be a serial(...) Layer, got {model!r}.")
     children = [child for _, child in model.children]
     if not isinstance(params, (tuple, list)) or len(params) != len(children):

@@ -1,26 +1,27 @@
 """`summary`: a per-layer table of a model (shapes, params, FLOPs, memory, receptive fields).
 
 Everything is computed from shapes with `jcnn.shapes` arithmetic: no arrays are allocated and
-nothing is compiled (the model's ``init`` is traced once, abstractly, to validate it).
+nothing is compiled (the model's ``init`` is traced once, abstractly, to validate it). The table
+is a `jcnn.layers.fold` over the model: each combinator's ``info`` routes the fold through its
+children, each leaf's ``info`` gives its row. Nothing here knows any combinator by name.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from jcnn.layers.base import (
     GLOBAL,
     Layer,
     LayerInfo,
+    abstract_init,
+    fold,
     initial_rf,
     input_shape_of,
     is_shape,
     numel,
-    wrap_child_error,
 )
 from jcnn.shapes import ReceptiveField, receptive_field_step
 
@@ -33,7 +34,22 @@ class _Branches(tuple):
     """The receptive fields of a tuple of outputs (after `parallel`)."""
 
 
-def _step(rf, rule, where: str):
+class _Flow(NamedTuple):
+    """What the summary's fold carries from layer to layer: a shape and its receptive field."""
+
+    shape: Any
+    rf: Any
+
+
+def _shape(flow):
+    return flow.shape if isinstance(flow, _Flow) else tuple(_shape(f) for f in flow)
+
+
+def _rf(flow):
+    return flow.rf if isinstance(flow, _Flow) else _Branches(_rf(f) for f in flow)
+
+
+def _step(rf, rule):
     """Receptive field after a layer with the given `LayerInfo.rf` rule."""
     if rule == "merge":
         return _union(rf if isinstance(rf, _Branches) else (rf,))
@@ -86,65 +102,23 @@ def _rf_value(rf) -> Any:
     return [{"size": _num(r.size), "jump": _num(r.jump), "start": _num(r.start)} for r in rf]
 
 
-def _abstract_init(layer: Layer, input_shape):
-    """Output shape and param count from ``init`` traced abstractly (nothing allocated)."""
-    box = {}
+class _Rows:
+    """The fold's leaf step: one row per leaf, the flow carried on."""
 
-    def f(key):
-        out, params, state = layer.init(key, input_shape)
-        box["out"] = out
-        return params
-
-    params = jax.eval_shape(f, jax.random.key(0))
-    count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
-    return box["out"], count
-
-
-class _Walker:
     def __init__(self, itemsize: int):
         self.itemsize = itemsize
         self.rows: list[dict] = []
 
-    def walk(self, layer: Layer, shape, rf, path: tuple[str, ...]):
-        kind = layer.kind
-        if kind == "serial":
-            for seg, child in layer.children:
-                shape, rf = self.walk(child, shape, rf, path + (seg,))
-            return shape, rf
-        if kind == "parallel":
-            outs = [self.walk(child, shape, rf, path + (seg,)) for seg, child in layer.children]
-            return tuple(o[0] for o in outs), _Branches(o[1] for o in outs)
-        if kind == "residual":
-            children = dict(layer.children)
-            body_shape, body_rf = self.walk(children["residual.body"], shape, rf, path + ("residual.body",))
-            if "residual.shortcut" in children:
-                _, short_rf = self.walk(
-                    children["residual.shortcut"], shape, rf, path + ("residual.shortcut",)
-                )
-            else:
-                short_rf = rf
-            out_rf = _union((body_rf, short_rf))
-            info = LayerInfo(body_shape, 0, numel(body_shape))
-            self.row(path + ("residual.add",), "Add (residual)", info, out_rf)
-            return body_shape, out_rf
-        if kind == "batched":
-            raise TypeError(
-                "summary: pass the per-example model, not batched(model); `input_shape` is the"
-                " shape of one example, e.g. (28, 28, 1)."
-            )
-        if layer.info is None:
-            out, count = _abstract_init(layer, shape)
+    def __call__(self, path: tuple[str, ...], layer: Layer, flow) -> _Flow:
+        shape, rf = _shape(flow), _rf(flow)
+        if layer.info is None:  # a user layer: shapes and params from its init, nothing more
+            out, count = abstract_init(layer, shape)
             self.row(path, repr(layer), LayerInfo(out, count, None), _UNKNOWN)
-            return out, _UNKNOWN
-        try:
-            info = layer.info(shape)
-        except (ValueError, TypeError) as exc:
-            if not path:
-                raise
-            wrap_child_error(exc, ".".join(path), layer)
-        out_rf = _step(rf, info.rf, repr(layer))
+            return _Flow(out, _UNKNOWN)
+        info = layer.info(shape)
+        out_rf = _step(rf, info.rf)
         self.row(path, repr(layer), info, out_rf)
-        return info.output_shape, out_rf
+        return _Flow(info.output_shape, out_rf)
 
     def row(self, path, description: str, info: LayerInfo, rf) -> None:
         out = info.output_shape
@@ -189,12 +163,16 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
       a vector, a global pool). Branches merged by Add / Concat / residual take the union.
       Normalisation layers count as per-pixel (their statistics are ignored). ``None`` where
       it cannot be derived (a custom layer without ``info``).
+
+    A combinator, built in or your own, shows its children's rows: its ``info`` routes the
+    summary through them (see `jcnn.layers.Layer` and `jcnn.layers.serial`). A layer without
+    ``info`` is one row from its abstract ``init`` (params and output shape only).
     - ``padding``: the concrete ``(lo, hi)`` padding per spatial dim (``"SAME"`` resolved; for
       ConvTranspose, PyTorch's crop).
     - ``warning``: `jcnn.shapes.explain_fit`'s words where a stride leaves input pixels unread.
 
     Args:
-      model: a per-example `Layer` (not ``batched``).
+      model: a `Layer` with per-example shapes (not ``batched(model)``).
       input_shape: the shape of one example, e.g. ``(28, 28, 1)``.
       dtype: the activation dtype for ``activation_bytes`` (and ``param_bytes``).
 
@@ -223,16 +201,11 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
         raise TypeError(f"summary: `model` must be a Layer, got {model!r}.")
     shape = input_shape_of(input_shape, "summary")
     itemsize = jnp.dtype(dtype).itemsize
-    if model.kind == "batched":
-        raise TypeError(
-            "summary: pass the per-example model, not batched(model); `input_shape` is the"
-            " shape of one example, e.g. (28, 28, 1)."
-        )
     # Validate the whole model the way init does (same errors, same paths), abstractly.
-    out_shape, param_count = _abstract_init(model, shape)
-    walker = _Walker(itemsize)
-    walker.walk(model, shape, initial_rf(shape), ())
-    rows = walker.rows
+    out_shape, param_count = abstract_init(model, shape)
+    rows = _Rows(itemsize)
+    fold(model, _Flow(shape, initial_rf(shape)), rows)
+    rows = rows.rows
     flops = [r["flops"] for r in rows]
     totals = {
         "params": param_count,

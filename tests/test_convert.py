@@ -50,12 +50,12 @@ def init_f64(layer, shape, seed=0):
 # --------------------------------------------------------------------------------------------
 
 
-def test_dense_to_conv_gives_the_same_numbers_and_slides_over_larger_inputs():
+def test_dense_to_conv_gives_the_same_numbers_and_slides_over_larger_inputs(x64):
     shape = (5, 4, 3)
     dense = Dense(6)
     params, _ = init_f64(dense, (math.prod(shape),))
     conv, conv_params = dense_to_conv(params, shape)
-    assert conv_params["kernel"].shape == (5, 4, 3, 6) and conv.hparams["kernel_size"] == (5, 4)
+    assert conv_params["kernel"].shape == (5, 4, 3, 6) and repr(conv) == "Conv(6, (5, 4))"
     x = rand((7, 6, 3))
     score_map, _ = jax.jit(conv.apply)(conv_params, (), x)
     assert score_map.shape == (3, 3, 6)
@@ -64,7 +64,7 @@ def test_dense_to_conv_gives_the_same_numbers_and_slides_over_larger_inputs():
     np.testing.assert_allclose(score_map.reshape(9, 6), expected, rtol=1e-12)
 
 
-def test_convolutionalize_a_classifier_into_a_score_map():
+def test_convolutionalize_a_classifier_into_a_score_map(x64):
     # No padding before the head, so that a crop and the larger image see the same pixels.
     model = serial(
         Conv(3, 3), Relu(), MaxPool(2), Flatten(), Dense(8), Relu(), Dropout(0.5), Dense(4), LogSoftmax()
@@ -72,7 +72,7 @@ def test_convolutionalize_a_classifier_into_a_score_map():
     params, state = init_f64(model, (10, 10, 1))
     fcn, fcn_params = convolutionalize(model, params, (10, 10, 1))
     assert [child.name for _, child in fcn.children][:4] == ["Conv", "Relu", "MaxPool", "Conv"]
-    assert fcn.children[3][1].hparams["kernel_size"] == (4, 4)
+    assert repr(fcn.children[3][1]) == "Conv(8, (4, 4))"
     fcn_state = tuple(s for i, s in enumerate(state) if i != 3)  # Flatten's () is gone
     x = rand((14, 12, 1), 1)
     y, _ = jax.jit(fcn.apply)(fcn_params, fcn_state, x)
@@ -94,7 +94,7 @@ def test_convolutionalize_a_classifier_into_a_score_map():
     ],
     ids=["conv", "conv-1d-circular", "conv-transpose", "avg-pool"],
 )
-def test_conv_to_dense_and_back(layer, shape):
+def test_conv_to_dense_and_back(layer, shape, x64):
     params, state = init_f64(layer, shape)
     dense, dense_params = conv_to_dense(layer, params, shape, state)
     # Round trip: the dense matrix as a conv whose kernel covers the whole input.
@@ -110,13 +110,13 @@ def test_conv_to_dense_and_back(layer, shape):
     x = rand(shape, 3)
     y, flat, z = outputs(x)
     n_in, n_out = math.prod(shape), y.size
-    assert dense_params["kernel"].shape == (n_in, n_out) and dense.hparams["out_features"] == n_out
+    assert dense_params["kernel"].shape == (n_in, n_out) and dense.spec.out_features == n_out
     np.testing.assert_allclose(flat, y.reshape(-1), rtol=1e-10, atol=1e-12)
     assert z.shape == (1,) * (len(shape) - 1) + (n_out,)
     np.testing.assert_allclose(z.reshape(-1), y.reshape(-1), rtol=1e-10, atol=1e-12)
 
 
-def test_conv_to_dense_shows_the_lectures_parameter_gap():
+def test_conv_to_dense_shows_the_lectures_parameter_gap(x64):
     conv = Conv(10, 5, padding=2)
     params, _ = init_f64(conv, (8, 8, 3))
     _, dense_params = conv_to_dense(conv, params, (8, 8, 3))
@@ -179,7 +179,7 @@ def _nhwc(t):
         (3, dict(stride=1, padding=1, bias=False)),
     ],
 )
-def test_conv_from_torch_matches_torch_conv(d, kwargs):
+def test_conv_from_torch_matches_torch_conv(d, kwargs, x64):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     conv_cls = [torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d][d - 1]
@@ -204,7 +204,7 @@ def test_conv_from_torch_matches_torch_conv(d, kwargs):
     assert conv_from_torch(ref)["kernel"].dtype == F64
 
 
-def test_conv_transpose_from_torch_matches_torch():
+def test_conv_transpose_from_torch_matches_torch(x64):
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)
     ref = torch.nn.ConvTranspose2d(
@@ -225,7 +225,7 @@ def test_conv_transpose_from_torch_matches_torch():
     np.testing.assert_allclose(y1, _nhwc(ref1(x1))[0], rtol=1e-10, atol=1e-12)
 
 
-def test_torch_cnn_with_flatten_and_linear_loads_into_jcnn():
+def test_torch_cnn_with_flatten_and_linear_loads_into_jcnn(x64):
     torch = pytest.importorskip("torch")
     torch.manual_seed(2)
     ref = torch.nn.Sequential(

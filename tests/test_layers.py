@@ -1,6 +1,7 @@
 """Tests for jcnn.layers: the Layer type, shape inference, batching, every layer's numbers, errors,
 per-example gradients and a short optax run."""
 
+import dataclasses
 import math
 
 import jax
@@ -37,11 +38,13 @@ from jcnn.layers import (
     Sigmoid,
     Softmax,
     Tanh,
+    apply_child,
     batched,
     parallel,
     residual,
     serial,
 )
+from jcnn.layers.base import child_path, output_shape
 from jcnn.shapes import ShapeError
 
 KEY = jax.random.key(0)
@@ -71,14 +74,14 @@ def lenet(**kw):
 def small_convnet(drop_rate=0.25):
     """Conv, BatchNorm, pooling, residual, dropout: one of everything a CNN uses."""
     return serial(
-        Conv(4, 3, padding=1, param_dtype=F64),
-        BatchNorm(param_dtype=F64),
+        Conv(4, 3, padding=1),
+        BatchNorm(),
         Relu(),
-        residual(serial(Conv(4, 3, padding="SAME", param_dtype=F64), Relu())),
+        residual(serial(Conv(4, 3, padding="SAME"), Relu())),
         MaxPool(2),
         Dropout(drop_rate),
         Flatten(),
-        Dense(3, param_dtype=F64),
+        Dense(3),
     )
 
 
@@ -88,27 +91,32 @@ def small_convnet(drop_rate=0.25):
 
 
 def test_layer_unpacks_as_a_pair_and_carries_metadata():
-    layer = Conv(8, 3, strides=2, padding=1)
+    layer = Dense(8, bias=False)
     init, apply = layer
     assert init is layer.init and apply is layer.apply
-    assert layer[0] is init and layer[1] is apply and len(layer) == 2
-    assert isinstance(layer, tuple)
-    assert (layer.name, layer.kind) == ("Conv", "conv")
-    assert layer.hparams["strides"] == (2, 2) and layer.hparams["padding"] == ((1, 1), (1, 1))
-    assert repr(layer) == "Conv(8, 3, strides=2, padding=1)"
-    info = layer.info((9, 9, 3))
-    assert info.output_shape == (5, 5, 8) and info.params == 3 * 3 * 3 * 8 + 8
-    assert info.padding == ((1, 1), (1, 1))
-    model = serial(layer, Relu())
+    assert [f.name for f in dataclasses.fields(Layer)] == [
+        "init", "apply", "name", "spec", "children", "info", "takes_batch", "description"
+    ]
+    assert not hasattr(layer, "__dict__")  # slots: the fields above are all there is
+    assert (layer.name, layer.takes_batch) == ("Dense", True)
+    assert layer.spec.out_features == 8 and layer.spec.bias is False and layer.spec.precision is None
+    assert repr(layer) == "Dense(8, bias=False)"
+    info = layer.info((3, 5))
+    assert info.output_shape == (3, 8) and info.params == 5 * 8
+    conv = Conv(8, 3, strides=2, padding=1)
+    assert repr(conv) == "Conv(8, 3, strides=2, padding=1)"
+    assert conv.info((9, 9, 3)).padding == ((1, 1), (1, 1))
+    model = serial(conv, Relu())
     assert [seg for seg, _ in model.children] == ["serial[0]", "serial[1]"]
-    assert model.children[0][1] is layer
-    with pytest.raises(AttributeError, match="immutable"):
+    assert model.children[0][1] is conv and model.takes_batch
+    with pytest.raises(dataclasses.FrozenInstanceError):
         layer.name = "x"
+    assert hash(Dense(8, bias=False).spec) == hash(layer.spec)
 
 
-def test_layer_replace_keeps_metadata_and_custom_layers_work():
+def test_replace_keeps_metadata_and_custom_layers_work():
     layer = Relu()
-    replaced = layer._replace(apply=lambda p, s, x, *, key=None, train=False: (x + 1, s))
+    replaced = dataclasses.replace(layer, apply=lambda p, s, x, *, key=None, train=False: (x + 1, s))
     assert replaced.name == "Relu" and replaced.apply((), (), jnp.zeros(2))[0].tolist() == [1, 1]
 
     def init(key, input_shape):
@@ -119,15 +127,31 @@ def test_layer_replace_keeps_metadata_and_custom_layers_work():
 
     custom = Layer(init, apply, name="Scale")
     out, params, state = serial(custom, Relu()).init(KEY, (2, 3))
-    assert out == (2, 3) and custom.kind == "custom" and custom.info is None
+    assert out == (2, 3) and custom.info is None and custom.spec is None and not custom.takes_batch
+    assert repr(custom) == "Scale"
     with pytest.raises(TypeError, match="must be callables"):
         Layer(1, apply)
+    with pytest.raises(TypeError, match=r"Layer: `children` must be a tuple of \(path_segment, Layer\) pairs"):
+        Layer(init, apply, children=[("a", custom)])
+    with pytest.raises(TypeError, match=r"Layer: `takes_batch` must be True or False"):
+        Layer(init, apply, takes_batch=1)
 
 
-def test_layer_rebuilt_by_tuple_machinery_gets_default_metadata():
-    # jax.tree_util and NamedTuple._make build instances without calling __new__'s metadata path.
-    rebuilt = Relu()._make([lambda k, s: (s, (), ()), lambda p, s, x, **kw: (x, s)])
-    assert rebuilt.name == "layer" and rebuilt.info is None
+def test_child_errors_carry_their_path_by_one_mechanism():
+    model = serial(Relu(), parallel(Identity(), Dense(3)), Add())
+    _, params, state = model.init(KEY, (3,))
+    with pytest.raises(ShapeError, match=r"^serial\[1\]\.parallel\[1\] Dense: input has 4 features") as info:
+        model.apply(params, state, jnp.ones(4))
+    assert info.value.jcnn_path == ("serial[1]", "parallel[1]")
+    assert info.value.jcnn_message.startswith("Dense: input has 4 features")
+    with pytest.raises(ShapeError) as info:
+        serial(Relu(), serial(parallel(Identity(), Dense(2)), Concat(axis=0))).init(KEY, (3, 4))
+    assert info.value.jcnn_path == ("serial[1]", "serial[1]")
+    assert str(info.value).startswith("serial[1].serial[1] Concat: inputs must agree")
+    # Not our error: passes through untouched.
+    with pytest.raises(KeyError):
+        with child_path("serial[0]"):
+            raise KeyError("x")
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +226,18 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
     y, new_state = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, key=KEY), params, state, x)
     assert _tree_shapes(y) == out_shape
     assert _tree_shapes(new_state) == _tree_shapes(state)
-    # The summary's arithmetic (info) agrees with init, for leaves.
-    if layer.info is not None:
-        assert layer.info(shape).output_shape == out_shape
+    # The summary's arithmetic (info, folded through combinators) agrees with init.
+    assert output_shape(layer, shape) == out_shape
+    # Two leading batch dims straight into apply, training mode.
+    assert layer.takes_batch or name.startswith(("Conv", "MaxPool", "AvgPool", "Global", "Adaptive"))
+    x2 = jax.ShapeDtypeStruct((2, 3, *shape), jnp.float32)
+    y2, s2 = jax.eval_shape(
+        lambda p, s, x: apply_child(layer, p, s, x, key=KEY, train=True, batch_ndim=2), params, state, x2
+    )
+    assert _tree_shapes(y2) == jax.tree_util.tree_map(
+        lambda s: (2, 3, *s), out_shape, is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(i, int) for i in s)
+    )
+    assert _tree_shapes(s2) == _tree_shapes(state)
     # And batched, in training mode (BatchNorm statistics, Dropout keys).
     b_apply = batched(layer).apply
     b_out, b_params, b_state = abstract_init(batched(layer), (3, *shape))
@@ -217,7 +250,7 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
 def test_param_counts_from_init_equal_info():
     for name, make, shape in CASES:
         layer = make()
-        if layer.info is None:
+        if layer.info is None or layer.children:
             continue
         _, params, _ = abstract_init(layer, shape)
         count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
@@ -229,7 +262,7 @@ def test_param_counts_from_init_equal_info():
 # --------------------------------------------------------------------------------------------
 
 
-def test_jit_equals_eager():
+def test_jit_equals_eager(x64):
     model = batched(
         serial(
             Conv(2, 3, padding=1, param_dtype=F64),
@@ -250,28 +283,21 @@ def test_jit_equals_eager():
     )
 
 
-def test_batched_equals_loop_over_examples():
+def test_batched_equals_loop_over_examples(x64):
     model = serial(
         Conv(3, 3, strides=2, param_dtype=F64),
         residual(Conv(3, 3, padding=1, param_dtype=F64)),
         AvgPool(2),
         Flatten(),
-        Dropout(0.5),
         Dense(4, param_dtype=F64),
         LogSoftmax(),
     )
     _, params, state = model.init(KEY, (9, 9, 2))
     xs = rand((5, 9, 9, 2))
-    # Training mode, so Dropout draws: batched splits the key once per example, and the loop
-    # with those keys gives the same numbers.
-    key = jax.random.key(7)
-    ys, _ = jax.jit(batched(model).apply, static_argnames="train")(params, state, xs, key=key, train=True)
+    ys, _ = jax.jit(batched(model).apply, static_argnames="train")(params, state, xs, train=True)
     apply = jax.jit(model.apply, static_argnames="train")
-    keys = jax.random.split(key, 5)
-    loop = jnp.stack([apply(params, state, x, key=k, train=True)[0] for x, k in zip(xs, keys)])
+    loop = jnp.stack([apply(params, state, x, train=True)[0] for x in xs])
     np.testing.assert_allclose(ys, loop, rtol=1e-12, atol=1e-12)
-    unsplit = jnp.stack([apply(params, state, x, key=key, train=True)[0] for x in xs])
-    assert not np.allclose(ys, unsplit)
 
 
 def test_batched_passes_tuple_outputs_and_batch_size():
@@ -330,7 +356,7 @@ def test_primitive_walker_sees_transposes_in_sub_jaxprs():
 # --------------------------------------------------------------------------------------------
 
 
-def test_conv_and_dense_layers_compute_the_ops():
+def test_conv_and_dense_layers_compute_the_ops(x64):
     conv = Conv(4, 3, strides=2, padding=1, dilation=1, groups=2, param_dtype=F64)
     _, p, _ = conv.init(KEY, (7, 7, 2))
     x = rand((7, 7, 2))
@@ -347,7 +373,7 @@ def test_conv_and_dense_layers_compute_the_ops():
     np.testing.assert_allclose(dense.apply(p, (), x)[0], x @ p["kernel"] + p["bias"][None, :], rtol=1e-12)
 
 
-def test_conv_transpose_layer_is_the_transpose_of_conv():
+def test_conv_transpose_layer_is_the_transpose_of_conv(x64):
     # <conv(x), y> == <x, conv_transpose(y)> with the same kernel seen from both sides.
     conv = Conv(3, 3, strides=2, padding=1, bias=False, param_dtype=F64)
     _, p, _ = conv.init(KEY, (7, 7, 2))
@@ -362,7 +388,7 @@ def test_conv_transpose_layer_is_the_transpose_of_conv():
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
 
 
-def test_activation_values():
+def test_activation_values(x64):
     x = jnp.array([-2.0, -0.5, 0.0, 1.5], F64)
     assert Relu().apply((), (), x)[0].tolist() == [0, 0, 0, 1.5]
     np.testing.assert_allclose(LeakyRelu(0.1).apply((), (), x)[0], [-0.2, -0.05, 0, 1.5])
@@ -377,7 +403,7 @@ def test_activation_values():
     assert Identity().apply((), (), x)[0] is x
 
 
-def test_default_initialisers_are_he_normal_fan_in_and_zero_bias():
+def test_default_initialisers_are_he_normal_fan_in_and_zero_bias(x64):
     _, p, _ = Conv(256, 3).init(KEY, (5, 5, 64))
     fan_in = 3 * 3 * 64
     std = float(jnp.std(p["kernel"]))
@@ -393,7 +419,7 @@ def test_default_initialisers_are_he_normal_fan_in_and_zero_bias():
     assert p["kernel"].dtype == F64 and "bias" not in p
 
 
-def test_residual_adds_the_shortcut():
+def test_residual_adds_the_shortcut(x64):
     body = Conv(2, 3, padding=1, param_dtype=F64)
     block = residual(body, shortcut=Conv(2, 1, param_dtype=F64))
     _, (pb, ps), _ = block.init(KEY, (4, 4, 3))
@@ -405,7 +431,7 @@ def test_residual_adds_the_shortcut():
     assert identity.apply(((), ()), ((), ()), -x)[0].tolist() == (-x + jnp.maximum(-x, 0)).tolist()
 
 
-def test_add_and_concat():
+def test_add_and_concat(x64):
     a, b = rand((2, 2, 3), 1), rand((2, 2, 3), 2)
     np.testing.assert_allclose(Add().apply((), (), (a, b, a))[0], 2 * a + b)
     y, _ = Concat().apply((), (), (a, b[..., :1]))
@@ -419,7 +445,7 @@ def test_add_and_concat():
 
 
 @pytest.mark.parametrize("drop_rate", [0.1, 0.5, 0.8])
-def test_dropout_drops_at_the_rate_and_keeps_the_mean(drop_rate):
+def test_dropout_drops_at_the_rate_and_keeps_the_mean(drop_rate, x64):
     x = jnp.ones((100_000,), F64)
     y, _ = Dropout(drop_rate).apply((), (), x, key=jax.random.key(1), train=True)
     zeroed = float(jnp.mean(y == 0))
@@ -429,7 +455,7 @@ def test_dropout_drops_at_the_rate_and_keeps_the_mean(drop_rate):
     assert set(np.unique(np.asarray(y)).tolist()) == {0.0, 1 / (1 - drop_rate)}
 
 
-def test_dropout_is_identity_in_eval_and_masks_differ_per_example():
+def test_dropout_is_identity_in_eval_and_masks_differ_per_example(x64):
     layer = Dropout(0.5)
     x = rand((3, 4))
     assert layer.apply((), (), x)[0] is x
@@ -437,6 +463,14 @@ def test_dropout_is_identity_in_eval_and_masks_differ_per_example():
     assert not Dropout(1.0).apply((), (), x, key=KEY, train=True)[0].any()
     y, _ = batched(layer).apply((), (), jnp.ones((8, 64)), key=KEY, train=True)
     assert len({tuple(row) for row in np.asarray(y == 0).tolist()}) == 8
+    # On a batch, one mask is drawn for the whole batch from the key (documented): the same
+    # numbers as the layer applied to the batch as if it were one example.
+    whole, _ = layer.apply((), (), jnp.ones((8, 64)), key=KEY, train=True)
+    assert (y == whole).all()
+    per_example = jax.vmap(lambda x, k: layer.apply((), (), x, key=k, train=True)[0])(
+        jnp.ones((8, 64)), jax.random.split(KEY, 8)
+    )
+    assert not (y == per_example).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +478,7 @@ def test_dropout_is_identity_in_eval_and_masks_differ_per_example():
 # --------------------------------------------------------------------------------------------
 
 
-def test_batchnorm_updates_state_in_training_and_freezes_it_in_eval():
+def test_batchnorm_updates_state_in_training_and_freezes_it_in_eval(x64):
     init, apply = batched(BatchNorm(momentum=0.25, param_dtype=F64))
     apply = jax.jit(apply, static_argnames="train")
     _, params, state = init(KEY, (6, 3, 3, 2))
@@ -464,7 +498,7 @@ def test_batchnorm_updates_state_in_training_and_freezes_it_in_eval():
     )
 
 
-def test_batchnorm_axis_none_on_a_whole_batch_equals_batched():
+def test_batchnorm_axis_none_on_a_whole_batch_equals_batched(x64):
     x = rand((5, 4, 3))
     _, params, state = BatchNorm(param_dtype=F64).init(KEY, (4, 3))
     y1, s1 = jax.jit(lambda p, s, x: batched(BatchNorm(param_dtype=F64)).apply(p, s, x, train=True))(
@@ -475,7 +509,7 @@ def test_batchnorm_axis_none_on_a_whole_batch_equals_batched():
     np.testing.assert_allclose(s1.var, s2.var, rtol=1e-12)
 
 
-def test_batchnorm_matches_torch_batchnorm2d_in_float64():
+def test_batchnorm_matches_torch_batchnorm2d_in_float64(x64):
     torch = pytest.importorskip("torch")
     c = 3
     ref = torch.nn.BatchNorm2d(c, momentum=0.1, eps=1e-5, dtype=torch.float64)
@@ -501,7 +535,7 @@ def test_batchnorm_matches_torch_batchnorm2d_in_float64():
     assert isinstance(state, BatchNormState)
 
 
-def test_layernorm_and_groupnorm_match_torch():
+def test_layernorm_and_groupnorm_match_torch(x64):
     torch = pytest.importorskip("torch")
     x = np.asarray(rand((4, 5, 6), 3)) * 3 + 1
     # LayerNorm over channels (flax / ConvNeXt style) == torch.nn.LayerNorm(c) on NHWC.
@@ -624,7 +658,7 @@ def test_init_errors(make, shape, exc, match):
 CONSTRUCTOR_ERRORS = [
     (lambda: serial(Relu, Dense(2)), TypeError, r"serial: argument 0 must be a Layer.*Write Relu\(\)"),
     (lambda: parallel(), ValueError, r"parallel: needs at least one layer"),
-    (lambda: Conv(0, 3), ValueError, r"Conv: `out_channels` must be >= 1, got 0"),
+    (lambda: Conv(0, 3), ValueError, r"Conv: `out_channels` must be an int >= 1, got 0"),
     (lambda: Conv(4.0, 3), TypeError, r"Conv: `out_channels` must be an int"),
     (
         lambda: Conv(5, 3, groups=2),
@@ -651,7 +685,7 @@ CONSTRUCTOR_ERRORS = [
         r"ConvTranspose: `padding` must be .*PyTorch's numeric padding",
     ),
     (lambda: MaxPool(3, padding=2), ShapeError, r"MaxPool: padding must be at most half the window"),
-    (lambda: AvgPool(2, divisor_override=0), ValueError, r"AvgPool: `divisor_override` must be >= 1"),
+    (lambda: AvgPool(2, divisor_override=0), ValueError, r"AvgPool: `divisor_override` must be an int >= 1"),
     (
         lambda: Dropout(1.5),
         ValueError,
@@ -665,7 +699,8 @@ CONSTRUCTOR_ERRORS = [
     ),
     (lambda: BatchNorm(eps=-1), ValueError, r"BatchNorm: `eps` must be a number >= 0"),
     (lambda: LayerNorm(axes=()), TypeError, r"LayerNorm: `axes` must be an int or a non-empty tuple"),
-    (lambda: GroupNorm(0), ValueError, r"GroupNorm: `num_groups` must be >= 1"),
+    (lambda: GroupNorm(0), ValueError, r"GroupNorm: `num_groups` must be an int >= 1"),
+    (lambda: Dense(2, precision="fast"), ValueError, r"Dense: `precision` must be None, a jax.lax.Precision, one of"),
     (lambda: batched(lambda x: x), TypeError, r"batched: expects a Layer"),
     (lambda: residual(Relu(), shortcut=Relu), TypeError, r"residual shortcut: argument 0 must be a Layer"),
     (lambda: Concat(axis=1.0), TypeError, r"Concat: `axis` must be an int"),
@@ -738,7 +773,7 @@ def _loss(model, params, state, x, label):
     return -jax.nn.log_softmax(logits)[label]
 
 
-def test_per_example_gradients_from_vmap_of_grad():
+def test_per_example_gradients_from_vmap_of_grad(x64):
     model = serial(Conv(3, 3, param_dtype=F64), Relu(), AvgPool(2), Flatten(), Dense(4, param_dtype=F64))
     _, params, state = model.init(KEY, (6, 6, 2))
     xs = rand((5, 6, 6, 2))

@@ -192,7 +192,7 @@ def test_custom_layer_without_info_and_errors():
 
 
 def positive_input(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).uniform(0.5, 1.5, shape), jnp.float64)
+    return jnp.asarray(np.random.default_rng(seed).uniform(0.5, 1.5, shape), jnp.float32)
 
 
 def gradient_support(model, params, state, x):

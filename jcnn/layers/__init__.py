@@ -1,10 +1,13 @@
-"""jcnn layers: `(init, apply)` pairs written for one example, their combinators, and `batched`.
+"""jcnn layers: `(init, apply)` pairs with per-example semantics, their combinators, and `batched`.
 
-Every layer is a `Layer` (a NamedTuple, so ``init, apply = layer``) made by calling its
-constructor: ``Relu()``, ``Conv(20, 5, padding=2)``::
+Every layer is a `Layer` (a frozen dataclass that unpacks as ``init, apply = layer``) made by
+calling its constructor: ``Relu()``, ``Conv(20, 5, padding=2)``::
 
     out_shape, params, state = layer.init(key, input_shape)      # per-example shape
     y, state = layer.apply(params, state, x, key=None, train=False)
+
+Layers with ``takes_batch=True`` also take ``batch_ndim=`` leading batch dims in ``apply``;
+``batched(model)`` runs a model on a batch, vmapping only the layers that cannot take one.
 
 Default initialisers: conv and dense kernels He (Kaiming) normal with fan_in, truncated at two
 standard deviations (``jax.nn.initializers.he_normal()``); biases zeros; norm scales ones and
@@ -15,16 +18,18 @@ from jcnn.layers.activations import Gelu, Identity, LeakyRelu, LogSoftmax, Relu,
 from jcnn.layers.base import (
     GLOBAL,
     ApplyFn,
+    BatchApplyFn,
+    ComposeFn,
     InfoFn,
     InitFn,
     Layer,
     LayerInfo,
-    LayerMeta,
     RFWindow,
     Shape,
-    batched,
+    Visit,
+    fold,
 )
-from jcnn.layers.combinators import Add, Concat, parallel, residual, serial
+from jcnn.layers.combinators import Add, Concat, apply_child, batched, parallel, residual, serial
 from jcnn.layers.conv import Conv, ConvTranspose
 from jcnn.layers.dense import Dense, Flatten, default_bias_init, default_kernel_init
 from jcnn.layers.dropout import Dropout
@@ -36,13 +41,17 @@ __all__ = [
     "Layer",
     "InitFn",
     "ApplyFn",
+    "BatchApplyFn",
     "InfoFn",
+    "ComposeFn",
+    "Visit",
     "LayerInfo",
-    "LayerMeta",
     "RFWindow",
     "Shape",
     "GLOBAL",
     "batched",
+    "apply_child",
+    "fold",
     # layers
     "Conv",
     "ConvTranspose",

@@ -1,47 +1,92 @@
-"""Elementwise activation layers (and LogSoftmax / Softmax over one axis): no params, no state."""
+"""Elementwise activation layers (and LogSoftmax / Softmax over one axis): no params, no state.
+
+All take whole batches: elementwise layers do not care which axes are batch axes; LogSoftmax and
+Softmax count a non-negative ``axis`` after the ``batch_ndim`` leading batch dims.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jcnn.layers.base import Layer, LayerInfo, describe, input_shape_of
+from jcnn import checks
+from jcnn.layers.base import Layer, LayerInfo, describe, example_axis, example_shape, input_shape_of
 from jcnn.shapes import ShapeError
 
-__all__ = ["Identity", "Relu", "Gelu", "Tanh", "Sigmoid", "LeakyRelu", "LogSoftmax", "Softmax"]
+__all__ = [
+    "Identity",
+    "Relu",
+    "Gelu",
+    "Tanh",
+    "Sigmoid",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Softmax",
+    "GeluSpec",
+    "LeakyReluSpec",
+    "SoftmaxSpec",
+]
+
+
+class GeluSpec(NamedTuple):
+    approximate: bool
+
+
+class LeakyReluSpec(NamedTuple):
+    negative_slope: float
+
+
+class SoftmaxSpec(NamedTuple):
+    """`LogSoftmax`'s and `Softmax`'s hyperparameter: an axis of one example."""
+
+    axis: int
+
+
+def _check_axis(axis: int | None, shape, name: str, what: str) -> None:
+    if axis is not None and not -len(shape) <= axis < len(shape):
+        raise ShapeError(
+            f"{name}: `axis` {axis} is out of range for {what} of shape {tuple(shape)}"
+            f" ({len(shape)} dims per example)."
+        )
 
 
 def _elementwise(
-    name: str, fn: Callable, flops_per_element: int, description: str, hparams=None, axis=None
+    name: str,
+    fn: Callable,
+    flops_per_element: int,
+    description: str,
+    spec=None,
+    axis: int | None = None,
 ) -> Layer:
-    """A parameter-free layer applying ``fn`` to one example; shape unchanged."""
+    """A parameter-free layer applying ``fn(x)`` (or ``fn(x, axis)`` when ``axis`` is given)."""
 
     def plan(input_shape):
         shape = input_shape_of(input_shape, name)
-        if axis is not None and not -len(shape) <= axis < len(shape):
-            raise ShapeError(
-                f"{name}: `axis` {axis} is out of range for an input of shape {shape}"
-                f" ({len(shape)} dims per example)."
-            )
+        _check_axis(axis, shape, name, "an input")
         return shape
 
     def init(key, input_shape):
         del key
         return plan(input_shape), (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del params, key, train
-        return fn(x), state
+        if axis is None:  # elementwise: batch dims are just more dims
+            return fn(x), state
+        shape = example_shape(x, batch_ndim, name)
+        _check_axis(axis, shape, name, "one example")
+        return fn(x, example_axis(axis, len(shape), batch_ndim)), state
 
     def info(input_shape):
         shape = plan(input_shape)
         return LayerInfo(shape, 0, flops_per_element * math.prod(shape))
 
     return Layer(
-        init, apply, name=name, kind="activation", hparams=hparams, info=info, description=description
+        init, apply, name=name, spec=spec, info=info, takes_batch=True, description=description
     )
 
 
@@ -75,14 +120,13 @@ def Gelu(approximate: bool = False) -> Layer:
     >>> float(Gelu().apply((), (), jnp.array(0.0))[0])
     0.0
     """
-    if not isinstance(approximate, bool):
-        raise TypeError(f"Gelu: `approximate` must be True or False, got {approximate!r}.")
+    spec = GeluSpec(checks.as_bool(approximate, "Gelu", "approximate"))
     return _elementwise(
         "Gelu",
-        lambda x: jax.nn.gelu(x, approximate=approximate),
+        lambda x: jax.nn.gelu(x, approximate=spec.approximate),
         1,
-        describe("Gelu", (), {"approximate": approximate}, {"approximate": False}),
-        {"approximate": approximate},
+        describe("Gelu", (), {"approximate": spec.approximate}, {"approximate": False}),
+        spec,
     )
 
 
@@ -115,20 +159,14 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"LeakyRelu: `negative_slope` must be a number, got {negative_slope!r}.")
-    slope = float(negative_slope)
+    spec = LeakyReluSpec(float(negative_slope))
     return _elementwise(
         "LeakyRelu",
-        lambda x: jax.nn.leaky_relu(x, slope),
+        lambda x: jax.nn.leaky_relu(x, spec.negative_slope),
         1,
-        describe("LeakyRelu", (slope,)),
-        {"negative_slope": slope},
+        describe("LeakyRelu", (spec.negative_slope,)),
+        spec,
     )
-
-
-def _axis(axis, name: str) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"{name}: `axis` must be an int, got {axis!r}.")
-    return axis
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
@@ -136,35 +174,41 @@ def LogSoftmax(axis: int = -1) -> Layer:
 
     Counted as 3 FLOPs per element (subtract the max, exp and sum, subtract the log-sum).
 
+    Args:
+      axis: an axis of ONE example; negative counts from the end.
+
     >>> import jax.numpy as jnp
     >>> y, _ = LogSoftmax().apply((), (), jnp.zeros(4))
     >>> float(jnp.exp(y).sum())
     1.0
     """
-    axis = _axis(axis, "LogSoftmax")
+    spec = SoftmaxSpec(checks.as_int(axis, "LogSoftmax", "axis", minimum=None))
     return _elementwise(
         "LogSoftmax",
-        lambda x: jax.nn.log_softmax(x, axis=axis),
+        lambda x, a: jax.nn.log_softmax(x, axis=a),
         3,
-        describe("LogSoftmax", (), {"axis": axis}, {"axis": -1}),
-        {"axis": axis},
-        axis=axis,
+        describe("LogSoftmax", (), {"axis": spec.axis}, {"axis": -1}),
+        spec,
+        axis=spec.axis,
     )
 
 
 def Softmax(axis: int = -1) -> Layer:
     """``y = exp(x) / sum(exp(x), axis)``; 3 FLOPs per element.
 
+    Args:
+      axis: an axis of ONE example; negative counts from the end.
+
     >>> import jax.numpy as jnp
     >>> Softmax().apply((), (), jnp.zeros(2))[0].tolist()
     [0.5, 0.5]
     """
-    axis = _axis(axis, "Softmax")
+    spec = SoftmaxSpec(checks.as_int(axis, "Softmax", "axis", minimum=None))
     return _elementwise(
         "Softmax",
-        lambda x: jax.nn.softmax(x, axis=axis),
+        lambda x, a: jax.nn.softmax(x, axis=a),
         3,
-        describe("Softmax", (), {"axis": axis}, {"axis": -1}),
-        {"axis": axis},
-        axis=axis,
+        describe("Softmax", (), {"axis": spec.axis}, {"axis": -1}),
+        spec,
+        axis=spec.axis,
     )

@@ -1,42 +1,59 @@
-"""The `Layer` type, its function Protocols, the summary metadata, and `batched`.
+"""The `Layer` type: two pure functions plus plain metadata; its Protocols; the summary's info.
 
-A layer is a pair of pure functions written for ONE example (no batch dim)::
+A layer is a pair of pure functions with per-example semantics::
 
-    out_shape, params, state = layer.init(key, input_shape)
+    out_shape, params, state = layer.init(key, input_shape)          # input_shape: one example
     y, state = layer.apply(params, state, x, *, key=None, train=False)
 
-`Layer` is a ``NamedTuple`` of exactly those two fields, so ``init, apply = layer`` unpacks it
-like any pair (optax's ``GradientTransformation`` style). The summary metadata (name, kind,
-hyperparameters, children, the per-layer ``info`` function) lives beside the two fields, in the
-instance's ``__dict__`` of a subclass, never in the tuple: adding it as NamedTuple fields would
-make ``init, apply = layer`` fail with "too many values to unpack".
+`Layer` is a frozen dataclass whose fields are exactly what it is: ``init``, ``apply``, and the
+metadata ``name``, ``spec`` (canonical hyperparameters), ``children`` (for combinators),
+``info`` (what `jcnn.summary` folds over), ``takes_batch`` and ``description``. It iterates as
+its pair, so ``init, apply = layer`` works (optax's ``GradientTransformation`` style).
+
+Leading batch dims. A layer with ``takes_batch=True`` (every built-in layer once merged, every
+combinator) also accepts ``batch_ndim`` leading batch dims::
+
+    y, state = layer.apply(params, state, x, *, key=None, train=False, batch_ndim=0)
+
+``batch_ndim`` says how many leading axes of ``x`` are batch axes; the rest is one example,
+whose semantics are unchanged (``batch_ndim=0``, the default, is exactly the per-example call).
+The count is passed rather than guessed because some layers cannot tell a batch axis from an
+example's axis by looking at ``x``: `Flatten`, `GroupNorm`, and positive ``axis``/``axes`` of
+`LogSoftmax`, `Softmax`, `Concat`, `LayerNorm`. The count is the same for every layer of a
+model, so the combinators pass it down unchanged and `batched` sets it to 1. User layers with
+``takes_batch=False`` never see it: the combinators ``jax.vmap`` them over the batch axes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, Union
 
 import jax
 import jax.numpy as jnp
 
-from jcnn import shapes
+from jcnn import checks, shapes
 from jcnn.shapes import Pair, ReceptiveField, Shape, ShapeError
 
 __all__ = [
     "Shape",
     "InitFn",
     "ApplyFn",
+    "BatchApplyFn",
     "InfoFn",
+    "ComposeFn",
+    "Visit",
     "RFWindow",
     "LayerInfo",
-    "LayerMeta",
     "Layer",
-    "batched",
     "GLOBAL",
+    "child_path",
+    "fold",
 ]
 
 GLOBAL = "global"  # receptive field that covers the whole input (after Flatten, Dense, global pool)
@@ -53,6 +70,21 @@ class ApplyFn(Protocol):
 
     def __call__(
         self, params: Any, state: Any, x: jax.Array, *, key: jax.Array | None = None, train: bool = False
+    ) -> tuple[jax.Array, Any]: ...
+
+
+class BatchApplyFn(Protocol):
+    """The ``apply`` of a layer with ``takes_batch=True``: ``x`` has ``batch_ndim`` leading batch dims."""
+
+    def __call__(
+        self,
+        params: Any,
+        state: Any,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        train: bool = False,
+        batch_ndim: int = 0,
     ) -> tuple[jax.Array, Any]: ...
 
 
@@ -84,57 +116,61 @@ class LayerInfo(NamedTuple):
 
     output_shape: Any  # a Shape, or a tuple of Shapes
     params: int
-    flops: int
+    flops: int | None
     padding: tuple[Pair, ...] | None = None  # concrete (lo, hi) per spatial dim
     warning: str | None = None  # explain_fit's words where a stride leaves input unread
     rf: RFRule = None
 
 
 class InfoFn(Protocol):
-    """``info(input_shape) -> LayerInfo``: counts from shapes alone, no arrays."""
+    """A leaf's ``info(input_shape) -> LayerInfo``: counts from shapes alone, no arrays."""
 
     def __call__(self, input_shape: Shape) -> LayerInfo: ...
 
 
-class LayerMeta(NamedTuple):
-    """A layer's description for `jcnn.summary` and for error paths."""
+class Visit(Protocol):
+    """``visit(segment, child, flow) -> flow``: run a fold through one child, named ``segment``."""
 
-    name: str  # constructor name, e.g. "Conv", "serial"
-    kind: str  # "conv", "pool", "dense", ..., or "serial" / "parallel" / "residual" / "custom"
-    hparams: dict  # canonical hyperparameters
-    children: tuple  # ((path segment, Layer), ...) for combinators, () for leaves
-    info: InfoFn | None  # None for combinators (the summary walks their children) and custom layers
-    description: str  # what repr() shows, e.g. "Conv(20, 5, padding=2)"
+    def __call__(self, segment: str, child: Layer, flow: Any) -> Any: ...
 
 
-class _InitApply(NamedTuple):
-    init: InitFn
-    apply: ApplyFn
+class ComposeFn(Protocol):
+    """A combinator's ``info(flow, visit) -> flow``: route ``flow`` through its children.
+
+    ``flow`` is opaque (the summary's is a shape with its receptive field; `fold`'s caller
+    decides); a combinator only passes it to ``visit``, groups flows into tuples (branches) and
+    returns the flow of its output. See `serial` for the simplest one.
+    """
+
+    def __call__(self, flow: Any, visit: Visit) -> Any: ...
 
 
-class Layer(_InitApply):
-    """A layer as two pure functions, written for one example.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Layer:
+    """A layer: ``init`` and ``apply``, and its metadata as plain fields.
 
     ``init(key, input_shape) -> (output_shape, params, state)`` computes the output shape with
     `jcnn.shapes` arithmetic (plain ints, per example) and creates the parameters;
     ``apply(params, state, x, *, key=None, train=False) -> (y, state)`` runs one example.
     Stateless layers have ``state == ()``; parameter-free ones ``params == ()``. Batch with
-    `batched` or ``jax.vmap``.
+    `jcnn.layers.batched`.
 
-    It is a ``NamedTuple`` of exactly ``(init, apply)``: ``init, apply = layer`` works,
-    ``layer[0] is layer.init``. The metadata (``name``, ``kind``, ``hparams``, ``children``,
-    ``info``) sits outside the tuple, so it never disturbs unpacking, equality or ``len``.
+    It iterates as its pair: ``init, apply = layer``.
 
     Args:
       init: the init function.
       apply: the apply function.
-      name: a display name (defaults to ``"layer"``).
-      kind: a category; combinators use ``"serial"``, ``"parallel"``, ``"residual"``.
-      hparams: hyperparameters to show.
-      children: ``((path_segment, child_layer), ...)`` for combinators.
-      info: ``info(input_shape) -> LayerInfo`` for `jcnn.summary`; without one the summary
-        falls back to ``jax.eval_shape(init)`` and shows no FLOPs or receptive field.
-      description: the ``repr``; defaults to ``name``.
+      name: a display name, the constructor's (``"Conv"``, ``"serial"``); default ``"layer"``.
+      spec: the canonical hyperparameters, any frozen (hashable) value; ``None`` for none.
+      children: ``((path_segment, child_layer), ...)`` for combinators, ``()`` for leaves.
+      info: for a leaf, ``info(input_shape) -> LayerInfo`` (`InfoFn`); for a layer with
+        ``children``, ``info(flow, visit) -> flow`` (`ComposeFn`), which routes the summary
+        through its children. Without one the summary shows a single row from an abstract
+        ``init`` (no FLOPs, no receptive field).
+      takes_batch: ``apply`` accepts ``batch_ndim=`` and that many leading batch dims
+        (`BatchApplyFn`). ``False`` (the default, for layers written for one example): the
+        combinators and `jcnn.layers.batched` run it under ``jax.vmap`` instead.
+      description: what ``repr`` shows, e.g. ``"Conv(20, 5, padding=2)"``; default ``name``.
 
     >>> import jax, jax.numpy as jnp
     >>> def init(key, input_shape):
@@ -145,78 +181,138 @@ class Layer(_InitApply):
     >>> init_fn, apply_fn = double
     >>> apply_fn((), (), jnp.ones(3))[0].tolist()
     [2.0, 2.0, 2.0]
+    >>> double
+    Double
     """
 
-    def __new__(
-        cls,
-        init: InitFn,
-        apply: ApplyFn,
-        *,
-        name: str = "layer",
-        kind: str = "custom",
-        hparams: dict | None = None,
-        children: tuple = (),
-        info: InfoFn | None = None,
-        description: str | None = None,
-    ):
-        if not callable(init) or not callable(apply):
+    init: InitFn
+    apply: ApplyFn | BatchApplyFn
+    _: dataclasses.KW_ONLY
+    name: str = "layer"
+    spec: Any = None
+    children: tuple[tuple[str, Layer], ...] = ()
+    info: InfoFn | ComposeFn | None = None
+    takes_batch: bool = False
+    description: str | None = None
+    # TRANSITIONAL, remove when conv.py / pool.py are merged onto `spec` (issue 9): accepted from
+    # the old constructor call and dropped, so that those files keep working until then.
+    kind: dataclasses.InitVar[str | None] = None
+    hparams: dataclasses.InitVar[dict | None] = None
+
+    def __post_init__(self, kind, hparams):
+        del kind, hparams
+        if not callable(self.init) or not callable(self.apply):
             raise TypeError(
-                f"Layer: `init` and `apply` must be callables, got {type(init).__name__} and"
-                f" {type(apply).__name__}."
+                f"Layer: `init` and `apply` must be callables, got {type(self.init).__name__} and"
+                f" {type(self.apply).__name__}."
             )
-        self = super().__new__(cls, init, apply)
-        meta = LayerMeta(name, kind, dict(hparams or {}), tuple(children), info, description or name)
-        self.__dict__["meta"] = meta
-        return self
+        if not isinstance(self.name, str):
+            raise TypeError(f"Layer: `name` must be a str, got {self.name!r}.")
+        if not isinstance(self.children, tuple) or not all(
+            isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str) and isinstance(c[1], Layer)
+            for c in self.children
+        ):
+            raise TypeError(
+                f"Layer: `children` must be a tuple of (path_segment, Layer) pairs, got {self.children!r}."
+            )
+        if self.info is not None and not callable(self.info):
+            raise TypeError(f"Layer: `info` must be a callable or None, got {self.info!r}.")
+        checks.as_bool(self.takes_batch, "Layer", "takes_batch")
+        if self.description is not None and not isinstance(self.description, str):
+            raise TypeError(f"Layer: `description` must be a str or None, got {self.description!r}.")
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"Layer is immutable; cannot set `{name}`.")
-
-    def __getattr__(self, name):
-        # Only reached when normal lookup fails: a Layer made by tuple.__new__ (jax tree_unflatten,
-        # NamedTuple._make) has no metadata yet; give it the defaults.
-        if name == "meta":
-            meta = LayerMeta("layer", "custom", {}, (), None, "layer")
-            self.__dict__["meta"] = meta
-            return meta
-        raise AttributeError(f"'Layer' object has no attribute {name!r}")
-
-    def _replace(self, **kwargs) -> Layer:
-        m = self.meta
-        return Layer(
-            kwargs.pop("init", self.init),
-            kwargs.pop("apply", self.apply),
-            name=m.name,
-            kind=m.kind,
-            hparams=m.hparams,
-            children=m.children,
-            info=m.info,
-            description=m.description,
-            **kwargs,
-        )
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def kind(self) -> str:
-        return self.meta.kind
-
-    @property
-    def hparams(self) -> dict:
-        return dict(self.meta.hparams)
-
-    @property
-    def children(self) -> tuple:
-        return self.meta.children
-
-    @property
-    def info(self) -> InfoFn | None:
-        return self.meta.info
+    def __iter__(self) -> Iterator[Callable]:
+        return iter((self.init, self.apply))
 
     def __repr__(self) -> str:
-        return self.meta.description
+        return self.name if self.description is None else self.description
+
+
+# --------------------------------------------------------------------------------------------
+# Errors inside children name their path; folds over the layer tree
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def child_path(segment: str):
+    """Errors raised inside the block get ``segment`` prefixed to their path.
+
+    The one mechanism behind every path in an error: the combinators wrap each child's
+    ``init`` and ``apply`` in it, `fold` each visit. ``"Dense: ..."`` raised by child 3 of a
+    serial reads ``"serial[3] Dense: ..."``; nested, ``"serial[2].parallel[0] Conv: ..."``.
+    The leaf's message is kept whole and the path kept apart (``exc.jcnn_path``), so nothing is
+    parsed back out of a message. Only ``ValueError`` / ``TypeError`` (jcnn's errors) are
+    rewritten, into the same class; anything else passes through unchanged.
+
+    >>> with child_path("serial[3]"):
+    ...     raise ValueError("Dense: input has 4 features.")
+    Traceback (most recent call last):
+    ...
+    ValueError: serial[3] Dense: input has 4 features.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        path = (segment, *getattr(exc, "jcnn_path", ()))
+        message = getattr(exc, "jcnn_message", None)
+        if message is None:
+            message = str(exc)
+        try:
+            new = type(exc)(f"{'.'.join(path)} {message}")
+        except Exception:  # an exception class with another constructor (jax's): leave it be
+            raise exc from None
+        new.jcnn_path, new.jcnn_message = path, message
+        raise new.with_traceback(exc.__traceback__) from None
+
+
+def fold(layer: Layer, flow, leaf: Callable[[tuple[str, ...], Layer, Any], Any], path: tuple[str, ...] = ()):
+    """Fold over a layer tree in data-flow order: ``leaf(path, layer, flow) -> flow`` per leaf.
+
+    A layer with ``children`` and an ``info`` is a combinator: its ``info(flow, visit)``
+    routes the flow through its children (`ComposeFn`). Anything else, a layer without
+    children or a combinator without ``info``, is a leaf. Errors carry their path
+    (`child_path`). `jcnn.summary` is this fold with a flow of (shape, receptive field).
+
+    >>> from jcnn.layers import Dense, Flatten, Relu, serial
+    >>> names = []
+    >>> _ = fold(serial(Flatten(), Dense(3), Relu()), None, lambda p, l, f: names.append((p, l.name)))
+    >>> names
+    [(('serial[0]',), 'Flatten'), (('serial[1]',), 'Dense'), (('serial[2]',), 'Relu')]
+    """
+    if layer.children and layer.info is not None:
+
+        def visit(segment: str, child: Layer, child_flow):
+            with child_path(segment):
+                return fold(child, child_flow, leaf, path + (segment,))
+
+        return layer.info(flow, visit)
+    return leaf(path, layer, flow)
+
+
+def abstract_init(layer: Layer, input_shape):
+    """``(output_shape, param_count)`` from ``init`` traced abstractly (nothing allocated)."""
+    box = {}
+
+    def run(key):
+        out, params, _ = layer.init(key, input_shape)
+        box["out"] = out
+        return params
+
+    params = jax.eval_shape(run, jax.random.key(0))
+    count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+    return box["out"], count
+
+
+def output_shape(layer: Layer, input_shape):
+    """A layer's per-example output shape, by `fold`: leaves' ``info``, or an abstract ``init``."""
+
+    def leaf(path, layer, shape):
+        del path
+        if layer.info is not None:
+            return layer.info(shape).output_shape
+        return abstract_init(layer, shape)[0]
+
+    return fold(layer, input_shape, leaf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +354,25 @@ def shapes_of(input_shape, where: str) -> tuple[Shape, ...]:
     return tuple(input_shape_of(s, where) for s in input_shape)
 
 
+def example_shape(x, batch_ndim: int, where: str) -> Shape:
+    """The per-example part of ``x.shape`` under ``batch_ndim`` leading batch dims (apply time)."""
+    if batch_ndim < 0 or x.ndim < batch_ndim:
+        raise ShapeError(
+            f"{where}: `batch_ndim` must be between 0 and x's rank, got {batch_ndim} for x of shape"
+            f" {tuple(x.shape)}."
+        )
+    return tuple(x.shape[batch_ndim:])
+
+
+def example_axis(axis: int, rank: int, batch_ndim: int) -> int:
+    """The axis of the batched array that is ``axis`` of one example of ``rank`` dims.
+
+    Negative axes count from the end, so they name the same axis with or without batch dims;
+    a non-negative one is shifted past the ``batch_ndim`` leading batch axes.
+    """
+    return batch_ndim + axis % rank
+
+
 def spatial_input(input_shape, d: int, where: str, source: str) -> Shape:
     """Check ``input_shape`` is ``(*spatial, c)`` with ``d`` spatial dims; ``source`` says why d."""
     shape = input_shape_of(input_shape, where)
@@ -287,19 +402,11 @@ def check_rank(x, d: int, where: str, source: str) -> None:
 
 
 def positive_int(value, where: str, name: str) -> int:
-    """A Python int >= 1 (numpy ints accepted; bools and floats are TypeErrors)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{where}: `{name}` must be an int, got {value!r} of type {type(value).__name__}.")
-    v = operator.index(value)
-    if v < 1:
-        raise ValueError(f"{where}: `{name}` must be >= 1, got {v}.")
-    return v
+    """TRANSITIONAL alias for conv.py / pool.py until merged: `jcnn.checks.as_int` with minimum 1."""
+    return checks.as_int(value, where, name, minimum=1)
 
 
-def as_bool(value, where: str, name: str) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return bool(value)
-    raise TypeError(f"{where}: `{name}` must be True or False, got {value!r}.")
+as_bool = checks.as_bool  # TRANSITIONAL alias for conv.py / pool.py until merged
 
 
 def initializer(fn, default, where: str, name: str):
@@ -357,33 +464,6 @@ def _short(v) -> str:
     return repr(v)
 
 
-def wrap_child_error(exc: BaseException, segment: str, child: Layer):
-    """Re-raise ``exc``, raised inside ``child`` at ``segment``, with the path prefixed.
-
-    ``"Dense: ..."`` raised by child 3 of a serial becomes ``"serial[3] Dense: ..."``; an error
-    that already carries a path (from a nested combinator) gets ``segment`` prepended:
-    ``"serial[2].parallel[0] Conv: ..."``. Only ``ValueError`` / ``TypeError`` (our errors) are
-    rewritten; anything else propagates unchanged.
-    """
-    if not isinstance(exc, (ValueError, TypeError)):
-        raise exc
-    where = getattr(exc, "_jcnn_where", None)
-    if where is None:
-        leaf, msg = child.name, str(exc)
-        if msg.startswith(f"{leaf}: "):
-            msg = msg[len(leaf) + 2 :]
-        path = (segment,)
-    else:
-        path, leaf, msg = where
-        path = (segment, *path)
-    try:
-        new = type(exc)(f"{'.'.join(path)} {leaf}: {msg}")
-    except Exception:
-        raise exc from None
-    new._jcnn_where = (path, leaf, msg)
-    raise new.with_traceback(exc.__traceback__) from None
-
-
 def map_shapes(fn: Callable[[Shape], Shape], shape):
     """Apply ``fn`` to a shape, or to each shape of a (nested) tuple of shapes."""
     if is_shape(shape):
@@ -396,20 +476,6 @@ def numel(shape) -> int:
     if is_shape(shape):
         return math.prod(shape)
     return sum(numel(s) for s in shape)
-
-
-def output_shape(layer: Layer, input_shape):
-    """A layer's per-example output shape, from its ``info`` or an abstract ``init``."""
-    if layer.info is not None:
-        return layer.info(input_shape).output_shape
-    box = {}
-
-    def run(key):
-        box["out"] = layer.init(key, input_shape)[0]
-        return ()
-
-    jax.eval_shape(run, jax.random.key(0))
-    return box["out"]
 
 
 def initial_rf(input_shape) -> tuple[ReceptiveField, ...]:
@@ -429,69 +495,3 @@ def fit_warning(in_spatial, kernel_size, strides, pads, dilation) -> str | None:
         for message, dims in by_message.items()
     ]
     return " ".join(notes) if notes else None
-
-
-# --------------------------------------------------------------------------------------------
-# batched
-# --------------------------------------------------------------------------------------------
-
-
-def batched(layer: Layer, axis_name: str | None = "batch") -> Layer:
-    """The vmapped form of a per-example layer: batched shapes and arrays, state returned once.
-
-    ``init(key, (n, *shape))`` calls the layer's ``init`` on ``shape`` and puts ``n`` back in
-    front of the output shape (``n`` is passed through untouched: use the real batch size).
-    ``apply(params, state, x, *, key=None, train=False)`` maps over the leading axis of ``x``
-    with ``jax.vmap(..., axis_name=axis_name)``: ``params`` and ``state`` are shared, ``key`` is
-    split into one key per example (so Dropout masks differ between examples), and the new
-    state comes out once (``out_axes=None``), which holds because BatchNorm's running
-    statistics are ``pmean``-ed over ``axis_name`` and so equal for every example.
-
-    Args:
-      layer: a per-example `Layer`.
-      axis_name: the vmapped axis' name; BatchNorm reads batch statistics over it.
-
-    Returns:
-      A `Layer` on batches.
-
-    >>> import jax, jax.numpy as jnp
-    >>> from jcnn.layers import Dense, batched
-    >>> init, apply = batched(Dense(3))
-    >>> out_shape, params, state = init(jax.random.key(0), (8, 5))
-    >>> out_shape, apply(params, state, jnp.ones((8, 5)))[0].shape
-    ((8, 3), (8, 3))
-    """
-    if not isinstance(layer, Layer):
-        raise TypeError(f"batched: expects a Layer, got {layer!r}.")
-    where = "batched"
-
-    def init(key, input_shape):
-        if not is_shape(input_shape) or len(input_shape) < 1:
-            raise ShapeError(
-                f"{where}: `input_shape` must be (batch, *per_example_shape), got {input_shape!r}."
-            )
-        n = input_shape[0]
-        out_shape, params, state = layer.init(key, tuple(input_shape[1:]))
-        return map_shapes(lambda s: (n, *s), out_shape), params, state
-
-    def apply(params, state, x, *, key=None, train=False):
-        leaves = jax.tree_util.tree_leaves(x)
-        if not leaves or any(leaf.ndim < 1 for leaf in leaves):
-            raise ShapeError(f"{where}: `x` must have a leading batch axis, got {x!r}.")
-        n = leaves[0].shape[0]
-        keys = None if key is None else jax.random.split(key, n)
-
-        def one(xi, ki):
-            return layer.apply(params, state, xi, key=ki, train=train)
-
-        return jax.vmap(one, in_axes=(0, 0), out_axes=(0, None), axis_name=axis_name)(x, keys)
-
-    return Layer(
-        init,
-        apply,
-        name="batched",
-        kind="batched",
-        hparams={"axis_name": axis_name},
-        children=(("batched", layer),),
-        description=f"batched({layer!r})",
-    )

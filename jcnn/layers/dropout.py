@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,11 @@ from jax import lax
 
 from jcnn.layers.base import Layer, LayerInfo, describe, input_shape_of
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "DropoutSpec"]
+
+
+class DropoutSpec(NamedTuple):
+    drop_rate: float  # the probability of DROPPING
 
 
 def Dropout(drop_rate: float) -> Layer:
@@ -20,8 +25,12 @@ def Dropout(drop_rate: float) -> Layer:
     With ``train=True`` each element is zeroed with probability ``drop_rate`` (the probability
     of DROPPING, as in PyTorch and Flax; stax's ``Dropout(rate)`` meant keeping) and the
     survivors are divided by ``1 - drop_rate``, so the expected output equals the input and
-    evaluation (``train=False``) is the identity. Under `batched` every example gets its own key,
-    hence its own mask.
+    evaluation (``train=False``) is the identity.
+
+    On a batch (``batch_ndim`` leading batch dims, as `batched` and the combinators pass it) one
+    mask is drawn for the whole batch from ``key``: every element is still dropped
+    independently, but the masks differ from those of ``jax.vmap`` over examples, which splits
+    the key per example.
 
     Args:
       drop_rate: probability of dropping, ``0 <= drop_rate <= 1`` (``1`` outputs zeros).
@@ -43,7 +52,8 @@ def Dropout(drop_rate: float) -> Layer:
     where = "Dropout"
     if isinstance(drop_rate, bool) or not isinstance(drop_rate, numbers.Real):
         raise TypeError(f"{where}: `drop_rate` must be a number in [0, 1], got {drop_rate!r}.")
-    rate = float(drop_rate)
+    spec = DropoutSpec(float(drop_rate))
+    rate = spec.drop_rate
     if not 0.0 <= rate <= 1.0:
         raise ValueError(
             f"{where}: `drop_rate` is the probability of dropping and must be in [0, 1], got {drop_rate!r}."
@@ -53,8 +63,8 @@ def Dropout(drop_rate: float) -> Layer:
         del key
         return input_shape_of(input_shape, where), (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
-        del params
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+        del params, batch_ndim  # the mask is drawn over every element, batch dims included
         if not train or rate == 0.0:
             return x, state
         if key is None:
@@ -78,8 +88,8 @@ def Dropout(drop_rate: float) -> Layer:
         init,
         apply,
         name="Dropout",
-        kind="dropout",
-        hparams={"drop_rate": rate},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe("Dropout", (rate,)),
     )

@@ -1,4 +1,8 @@
-"""Normalisation layers: BatchNorm (batch statistics over the vmapped axis), LayerNorm, GroupNorm."""
+"""Normalisation layers: BatchNorm (batch statistics over the batch axes), LayerNorm, GroupNorm.
+
+All take whole batches (``batch_ndim`` leading batch dims): BatchNorm's training statistics run
+over them; LayerNorm and GroupNorm normalise each example on its own, over its axes only.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jcnn import checks
 from jcnn.layers.base import (
     Layer,
     LayerInfo,
-    as_bool,
     create_param,
     describe,
+    example_shape,
     initializer,
     input_shape_of,
-    positive_int,
 )
 from jcnn.shapes import ShapeError
 
-__all__ = ["BatchNorm", "BatchNormState", "LayerNorm", "GroupNorm"]
+__all__ = ["BatchNorm", "BatchNormState", "BatchNormSpec", "LayerNorm", "LayerNormSpec", "GroupNorm", "GroupNormSpec"]
 
 
 class BatchNormState(NamedTuple):
@@ -31,6 +35,31 @@ class BatchNormState(NamedTuple):
 
     mean: jax.Array
     var: jax.Array  # unbiased (PyTorch's convention)
+
+
+class BatchNormSpec(NamedTuple):
+    momentum: float  # weight of the new batch statistic (PyTorch's convention)
+    eps: float
+    axis_name: str | None
+    scale: bool
+    bias: bool
+    param_dtype: str
+
+
+class LayerNormSpec(NamedTuple):
+    axes: tuple[int, ...]  # axes of one example, as given (negative count from the end)
+    eps: float
+    scale: bool
+    bias: bool
+    param_dtype: str
+
+
+class GroupNormSpec(NamedTuple):
+    num_groups: int
+    eps: float
+    scale: bool
+    bias: bool
+    param_dtype: str
 
 
 def _per_channel(v: jax.Array, like: jax.Array) -> jax.Array:
@@ -91,10 +120,12 @@ def BatchNorm(
     """Batch normalisation (Ioffe and Szegedy, 2015) over the channel (last) axis.
 
     In training (``train=True``) each channel is normalised by the mean and biased variance over
-    the batch AND the spatial dims: per example over its spatial dims, then across examples by
-    ``jax.lax.pmean`` over the vmapped axis ``axis_name`` (bound by `batched` or
-    ``jax.vmap(..., axis_name="batch")``). The running statistics in the state follow
-    PyTorch's conventions exactly::
+    the batch AND the spatial dims: over every leading axis of the ``x`` given to ``apply`` (the
+    ``batch_ndim`` batch axes that `jcnn.layers.batched` and the combinators pass, and the
+    spatial axes), and, when ``x`` is inside a ``jax.vmap`` (or ``pmap``) that binds
+    ``axis_name``, also across that axis by ``jax.lax.pmean``. So ``batched(model)`` and
+    ``jax.vmap(model.apply, axis_name="batch")`` give the same statistics. The running statistics
+    in the state follow PyTorch's conventions exactly::
 
         running = (1 - momentum) * running + momentum * batch_statistic
         running_var uses the UNBIASED batch variance (times n / (n - 1), n = batch * pixels)
@@ -106,8 +137,8 @@ def BatchNorm(
     Args:
       momentum: weight of the new batch statistic in the running average, in ``[0, 1]``.
       eps: added to the variance.
-      axis_name: the vmapped batch axis; ``None`` normalises over the leading axes of the ``x``
-        given to ``apply`` itself (e.g. a whole batch applied without vmap).
+      axis_name: the name of a vmapped batch axis to average across when it is bound;
+        ``None`` never looks for one (statistics over the leading axes of ``x`` only).
       scale: learn a per-channel scale (init ones).
       bias: learn a per-channel shift (init zeros).
       scale_init: override the scale's initializer.
@@ -119,8 +150,8 @@ def BatchNorm(
       starting at zeros and ones.
 
     Raises:
-      ValueError: ``train=True`` outside a vmap binding ``axis_name``, or with one value per
-        channel.
+      ValueError: ``train=True`` on one example (no batch dims) outside a vmap binding
+        ``axis_name``, or with one value per channel.
 
     >>> import jax, jax.numpy as jnp
     >>> from jcnn.layers import batched
@@ -137,11 +168,17 @@ def BatchNorm(
             f"{where}: `momentum` is the weight of the new batch statistic (PyTorch's convention)"
             f" and must be in [0, 1], got {momentum!r}."
         )
-    momentum = float(momentum)
-    eps = _eps(eps, where)
     if axis_name is not None and not isinstance(axis_name, str):
         raise TypeError(f"{where}: `axis_name` must be a str or None, got {axis_name!r}.")
-    scale, bias = as_bool(scale, where, "scale"), as_bool(bias, where, "bias")
+    spec = BatchNormSpec(
+        float(momentum),
+        _eps(eps, where),
+        axis_name,
+        checks.as_bool(scale, where, "scale"),
+        checks.as_bool(bias, where, "bias"),
+        jnp.dtype(param_dtype).name,
+    )
+    momentum, eps, scale, bias = spec.momentum, spec.eps, spec.scale, spec.bias
     scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
     bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
@@ -158,8 +195,27 @@ def BatchNorm(
         state = BatchNormState(jnp.zeros((c,), param_dtype), jnp.ones((c,), param_dtype))
         return shape, params, state
 
-    def apply(params, state, x, *, key=None, train=False):
+    def bound(batch_ndim: int) -> bool:
+        """Whether ``axis_name`` is a bound vmap axis; an error where no batch is in sight."""
+        if axis_name is None:
+            return False
+        try:
+            lax.psum(1, axis_name)
+            return True
+        except NameError:
+            if batch_ndim > 0:
+                return False
+            raise ValueError(
+                f"{where}: `train=True` needs batch statistics across the vmapped axis"
+                f" {axis_name!r}, which is not bound here, and x has no batch dims; apply the"
+                f" model through jcnn.layers.batched(model) (or apply(..., batch_ndim=1) on a"
+                f" batch) or jax.vmap(..., axis_name={axis_name!r}), or build"
+                f" BatchNorm(axis_name=None) to normalise over x's own leading axes."
+            ) from None
+
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del key
+        example_shape(x, batch_ndim, where)
         _check_channels(x, state.mean.shape[0], where)
         dtype = _compute_dtype(x.dtype)
         xf = x.astype(dtype)
@@ -167,29 +223,22 @@ def BatchNorm(
             centred = xf - _per_channel(state.mean, xf)
             y = centred * _per_channel(lax.rsqrt(state.var.astype(dtype) + eps), xf)
             return _affine(y, params, scale, bias).astype(x.dtype), state
-        axes = tuple(range(x.ndim - 1))
+        axes = tuple(range(x.ndim - 1))  # the batch axes and the spatial axes
         count = math.prod(x.shape[:-1])
-        if axis_name is not None:
-            try:
-                count *= lax.psum(1, axis_name)
-            except NameError:
-                raise ValueError(
-                    f"{where}: `train=True` needs batch statistics across the vmapped axis"
-                    f" {axis_name!r}, which is not bound here; apply the model through"
-                    f" jcnn.layers.batched(model) or jax.vmap(..., axis_name={axis_name!r}), or"
-                    f" build BatchNorm(axis_name=None) to normalise over x's own leading axes."
-                ) from None
+        across = bound(batch_ndim)
+        if across:
+            count *= lax.psum(1, axis_name)
         if count < 2:
             raise ValueError(
                 f"{where}: training needs more than one value per channel, got {count} (x shape"
-                f" {tuple(x.shape)} per example); use a batch of at least 2."
+                f" {tuple(x.shape)}); use a batch of at least 2."
             )
         mean = jnp.mean(xf, axis=axes)
-        if axis_name is not None:
+        if across:
             mean = lax.pmean(mean, axis_name)
         centred = xf - _per_channel(mean, xf)
         var = jnp.mean(centred * centred, axis=axes)
-        if axis_name is not None:
+        if across:
             var = lax.pmean(var, axis_name)
         y = centred * _per_channel(lax.rsqrt(var + eps), xf)
         sdtype = state.mean.dtype
@@ -211,9 +260,9 @@ def BatchNorm(
         init,
         apply,
         name="BatchNorm",
-        kind="norm",
-        hparams={**given, "param_dtype": jnp.dtype(param_dtype).name},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe("BatchNorm", (), given, defaults),
     )
 
@@ -238,7 +287,8 @@ def LayerNorm(
     The default normalises each pixel over its channels (the last axis), as ``flax.linen``'s
     LayerNorm and ConvNeXt do; ``axes=(0, 1, 2)`` on an ``(h, w, c)`` input normalises over the
     whole example like ``torch.nn.LayerNorm([c, h, w])``. Scale and shift are per channel
-    ``(c,)``. Uses the biased variance; ``eps`` as in PyTorch.
+    ``(c,)``. Uses the biased variance; ``eps`` as in PyTorch. On a batch, ``axes`` are still
+    the example's: non-negative ones are counted after the ``batch_ndim`` batch dims.
 
     Args:
       axes: an int or a tuple of ints, axes of ONE example (negative counts from the end).
@@ -263,15 +313,22 @@ def LayerNorm(
     raw_axes = (axes,) if not isinstance(axes, (tuple, list)) else tuple(axes)
     if not raw_axes or any(isinstance(a, bool) or not hasattr(a, "__index__") for a in raw_axes):
         raise TypeError(f"{where}: `axes` must be an int or a non-empty tuple of ints, got {axes!r}.")
-    raw_axes = tuple(operator.index(a) for a in raw_axes)
-    eps = _eps(eps, where)
-    scale, bias = as_bool(scale, where, "scale"), as_bool(bias, where, "bias")
+    spec = LayerNormSpec(
+        tuple(operator.index(a) for a in raw_axes),
+        _eps(eps, where),
+        checks.as_bool(scale, where, "scale"),
+        checks.as_bool(bias, where, "bias"),
+        jnp.dtype(param_dtype).name,
+    )
+    eps, scale, bias = spec.eps, spec.scale, spec.bias
     scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
     bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
-    def canonical_axes(ndim: int, shape) -> tuple[int, ...]:
+    def canonical_axes(shape) -> tuple[int, ...]:
+        """``axes`` as sorted non-negative axes of one example of ``shape``."""
+        ndim = len(shape)
         out = []
-        for a in raw_axes:
+        for a in spec.axes:
             if not -ndim <= a < ndim:
                 raise ShapeError(
                     f"{where}: `axes` {axes!r} is out of range for one example of shape"
@@ -284,16 +341,16 @@ def LayerNorm(
 
     def plan(input_shape):
         shape = input_shape_of(input_shape, where)
-        canonical_axes(len(shape), shape)
+        canonical_axes(shape)
         return shape
 
     def init(key, input_shape):
         shape = plan(input_shape)
         return shape, _affine_params(key, shape[-1], scale, bias, scale_init, bias_init, param_dtype), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del key, train
-        ax = canonical_axes(x.ndim, x.shape)
+        ax = tuple(batch_ndim + a for a in canonical_axes(example_shape(x, batch_ndim, where)))
         if scale or bias:
             _check_channels(x, (params.get("scale") if scale else params["bias"]).shape[0], where)
         xf = x.astype(_compute_dtype(x.dtype))
@@ -314,9 +371,9 @@ def LayerNorm(
         init,
         apply,
         name="LayerNorm",
-        kind="norm",
-        hparams={**given, "param_dtype": jnp.dtype(param_dtype).name},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe("LayerNorm", (), given, dict(axes=-1, eps=1e-5, scale=True, bias=True)),
     )
 
@@ -335,7 +392,8 @@ def GroupNorm(
     normalised over its channels and all spatial positions of one example.
 
     Matches ``torch.nn.GroupNorm(num_groups, c)`` (biased variance, ``eps=1e-5``, per-channel
-    scale and shift); channel ``k`` belongs to group ``k // (c // num_groups)``.
+    scale and shift); channel ``k`` belongs to group ``k // (c // num_groups)``. On a batch the
+    ``batch_ndim`` leading batch dims are not reduced over: each example keeps its statistics.
 
     Args:
       num_groups: number of groups; must divide the channels (default 32, as in Flax).
@@ -354,9 +412,14 @@ def GroupNorm(
     (8, 8, 6)
     """
     where = "GroupNorm"
-    num_groups = positive_int(num_groups, where, "num_groups")
-    eps = _eps(eps, where)
-    scale, bias = as_bool(scale, where, "scale"), as_bool(bias, where, "bias")
+    spec = GroupNormSpec(
+        checks.as_int(num_groups, where, "num_groups", minimum=1),
+        _eps(eps, where),
+        checks.as_bool(scale, where, "scale"),
+        checks.as_bool(bias, where, "bias"),
+        jnp.dtype(param_dtype).name,
+    )
+    num_groups, eps, scale, bias = spec.num_groups, spec.eps, spec.scale, spec.bias
     scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
     bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
@@ -376,13 +439,14 @@ def GroupNorm(
         shape = plan(input_shape)
         return shape, _affine_params(key, shape[-1], scale, bias, scale_init, bias_init, param_dtype), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del key, train
-        check(x.shape)
+        check(example_shape(x, batch_ndim, where))
         c = x.shape[-1]
         xf = x.astype(_compute_dtype(x.dtype))
         xg = xf.reshape(x.shape[:-1] + (num_groups, c // num_groups))
-        ax = tuple(range(x.ndim - 1)) + (x.ndim,)  # spatial dims and the channels within a group
+        # The example's spatial dims and the channels within a group; never the batch dims.
+        ax = tuple(range(batch_ndim, x.ndim - 1)) + (x.ndim,)
         mean = jnp.mean(xg, axis=ax, keepdims=True)
         centred = xg - mean
         var = jnp.mean(centred * centred, axis=ax, keepdims=True)
@@ -400,8 +464,8 @@ def GroupNorm(
         init,
         apply,
         name="GroupNorm",
-        kind="norm",
-        hparams={"num_groups": num_groups, **given, "param_dtype": jnp.dtype(param_dtype).name},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe("GroupNorm", (num_groups,), given, dict(eps=1e-5, scale=True, bias=True)),
     )
