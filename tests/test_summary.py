@@ -186,6 +186,58 @@ def test_custom_layer_without_info_and_errors():
         summary(lambda x: x, (5,))
 
 
+def dense_block(layer):
+    """``y = concat(x, layer(x))`` (DenseNet, Huang et al. 2017): a combinator written by a user."""
+    merge = Concat()
+
+    def init(key, input_shape):
+        out, params, state = layer.init(key, input_shape)
+        return merge.init(key, (tuple(input_shape), out))[0], params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        y, state = layer.apply(params, state, x, key=key, train=train)
+        return jnp.concatenate([x, y], axis=-1), state
+
+    def info(flow, visit):
+        return visit("dense.concat", merge, (flow, visit("dense.body", layer, flow)))
+
+    return Layer(init, apply, name="dense_block", children=(("dense.body", layer),), info=info)
+
+
+def test_a_user_written_combinator_shows_its_childrens_rows():
+    model = serial(Conv(4, 3, padding=1), dense_block(serial(Conv(2, 3, padding=1), Relu())), Dense(3))
+    table = summary(model, (6, 6, 2))
+    assert [r["path"] for r in table.rows] == [
+        "serial[0]",
+        "serial[1].dense.body.serial[0]",
+        "serial[1].dense.body.serial[1]",
+        "serial[1].dense.concat",
+        "serial[2]",
+    ]
+    assert [r["output_shape"] for r in table.rows] == [(6, 6, 4), (6, 6, 2), (6, 6, 2), (6, 6, 6), (6, 6, 3)]
+    assert [r["params"] for r in table.rows] == [76, 74, 0, 0, 21]
+    assert table.totals["params"] == abstract_param_count(model, (6, 6, 2)) == 171
+    assert table.rows[1]["flops"] == 6 * 6 * 2 * (2 * 3 * 3 * 4 + 1) and table.totals["flops"] is not None
+    # The concat's field is the union of its inputs': 3 (the input) and 5 (through the body).
+    assert [r["receptive_field"][0]["size"] for r in table.rows[:4]] == [3, 5, 5, 5]
+    # It runs batched too: a layer that does not take batches is vmapped inside the serial.
+    _, params, state = model.init(KEY, (6, 6, 2))
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((3, 6, 6, 2)), jnp.float32)
+    ys, _ = jax.jit(batched(model).apply)(params, state, xs)
+    loop = jnp.stack([jax.jit(model.apply)(params, state, x)[0] for x in xs])
+    np.testing.assert_allclose(ys, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_summary_knows_no_combinator_by_name():
+    import importlib
+    import inspect
+
+    source = inspect.getsource(importlib.import_module("jcnn.summary"))
+    assert "def summary(" in source
+    for word in ('"serial"', '"parallel"', '"residual', '"batched"', ".kind", ".name =="):
+        assert word not in source, word
+
+
 # --------------------------------------------------------------------------------------------
 # Receptive fields against brute force
 # --------------------------------------------------------------------------------------------
