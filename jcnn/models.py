@@ -14,10 +14,9 @@ modules, which that loader relies on.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
-
-import math
 
 import jax.numpy as jnp
 
@@ -578,7 +577,8 @@ def resnet(depth: int, num_classes: int = 1000, input_shape=(224, 224, 3), *, sh
 def resnet18(num_classes: int = 1000, input_shape=(224, 224, 3)) -> Layer:
     """``resnet(18, ...)``; see `resnet`.
 
-    >>> resnet18(10, (32, 32, 3)).init(__import__("jax").random.key(0), (32, 32, 3))[0]
+    >>> from jcnn.summary import summary
+    >>> summary(resnet18(10, (32, 32, 3)), (32, 32, 3)).rows[-1]["output_shape"]
     (10,)
     """
     return resnet(18, num_classes, input_shape)
