@@ -352,9 +352,15 @@ def _resnet_layout(blocks, bottleneck: bool, planes, projections) -> list[TorchE
         for b in range(n):
             prefix = f"layer{stage + 1}.{b}."
             for j in range(3 if bottleneck else 2):
-                entries += [TorchEntry(f"{prefix}conv{j + 1}", "conv"), TorchEntry(f"{prefix}bn{j + 1}", "bn")]
+                entries += [
+                    TorchEntry(f"{prefix}conv{j + 1}", "conv"),
+                    TorchEntry(f"{prefix}bn{j + 1}", "bn"),
+                ]
             if b == 0 and projections[stage]:
-                entries += [TorchEntry(f"{prefix}downsample.0", "conv"), TorchEntry(f"{prefix}downsample.1", "bn")]
+                entries += [
+                    TorchEntry(f"{prefix}downsample.0", "conv"),
+                    TorchEntry(f"{prefix}downsample.1", "bn"),
+                ]
     return entries + [TorchEntry("fc", "linear")]
 
 
@@ -563,13 +569,18 @@ def from_torch_state_dict(state_dict: Mapping, params, state, arch, *, shortcut:
     """
     where = "from_torch_state_dict"
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{where}: `state_dict` must be a mapping name -> tensor, got {type(state_dict).__name__}.")
+        raise TypeError(
+            f"{where}: `state_dict` must be a mapping name -> tensor, got {type(state_dict).__name__}."
+        )
     plan = _plan(params, state, arch, shortcut, where)
     what = arch if isinstance(arch, str) else "the layout"
     given = [k for k in state_dict if not str(k).endswith("num_batches_tracked")]
     missing = [k for k in plan.shapes if k not in state_dict]
     unexpected = sorted(set(given) - set(plan.shapes), key=str)
-    for problem, keys, tail in (("lacks", missing, f" that {what} needs"), ("has unexpected", unexpected, "")):
+    for problem, keys, tail in (
+        ("lacks", missing, f" that {what} needs"),
+        ("has unexpected", unexpected, ""),
+    ):
         if keys:
             listed = ", ".join(map(repr, keys[:3]))
             more = f" (and {len(keys) - 3} more keys)" if len(keys) > 3 else ""
@@ -594,7 +605,9 @@ def from_torch_state_dict(state_dict: Mapping, params, state, arch, *, shortcut:
             s = next(states)
             new_groups.append({"scale": jnp.asarray(fetch(f"{p}.weight")), "bias": jnp.asarray(bias)})
             new_states.append(
-                s._replace(mean=jnp.asarray(fetch(f"{p}.running_mean")), var=jnp.asarray(fetch(f"{p}.running_var")))
+                s._replace(
+                    mean=jnp.asarray(fetch(f"{p}.running_mean")), var=jnp.asarray(fetch(f"{p}.running_var"))
+                )
             )
         elif entry.kind == "conv":
             new_groups.append(conv_from_torch(fetch(f"{p}.weight"), bias))

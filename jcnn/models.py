@@ -359,7 +359,29 @@ VGG_CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+    19: (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ),
 }
 
 
@@ -479,7 +501,10 @@ CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
 def _conv_bn(out_channels: int, kernel_size: int, strides: int = 1, groups: int = 1) -> list[Layer]:
     # torchvision's conv before a BatchNorm: no bias, padding (k - 1) // 2 on both sides.
     pad = (kernel_size - 1) // 2
-    return [Conv(out_channels, kernel_size, strides=strides, padding=pad, groups=groups, bias=False), BatchNorm()]
+    return [
+        Conv(out_channels, kernel_size, strides=strides, padding=pad, groups=groups, bias=False),
+        BatchNorm(),
+    ]
 
 
 def _basic_block(in_channels: int, planes: int, strides: int, shortcut: str) -> Layer:
@@ -496,9 +521,7 @@ def _basic_block(in_channels: int, planes: int, strides: int, shortcut: str) -> 
 def _bottleneck(in_channels: int, planes: int, strides: int) -> Layer:
     # torchvision's "ResNet v1.5": the stride sits on the 3x3 conv, not the first 1x1.
     out = 4 * planes
-    body = serial(
-        *_conv_bn(planes, 1), Relu(), *_conv_bn(planes, 3, strides), Relu(), *_conv_bn(out, 1)
-    )
+    body = serial(*_conv_bn(planes, 1), Relu(), *_conv_bn(planes, 3, strides), Relu(), *_conv_bn(out, 1))
     proj = serial(*_conv_bn(out, 1, strides)) if strides != 1 or in_channels != out else None
     return serial(residual(body, proj), Relu())
 

@@ -23,7 +23,9 @@ AUGMENTS = {
     "random_flip": augment.random_flip,
     "random_crop": augment.random_crop,
     "cutout": functools.partial(augment.cutout, size=4),
-    "compose": augment.compose(augment.random_crop, augment.random_flip, functools.partial(augment.cutout, size=4)),
+    "compose": augment.compose(
+        augment.random_crop, augment.random_flip, functools.partial(augment.cutout, size=4)
+    ),
 }
 
 
@@ -35,7 +37,10 @@ def np_translate(x, dy, dx):
     return padded[p - dy : p - dy + h, p - dx : p - dx + w]
 
 
-CASES = [(name, jnp.float32) for name in sorted(AUGMENTS)] + [("compose", jnp.uint8), ("compose", jnp.bfloat16)]
+CASES = [(name, jnp.float32) for name in sorted(AUGMENTS)] + [
+    ("compose", jnp.uint8),
+    ("compose", jnp.bfloat16),
+]
 
 
 @pytest.mark.parametrize("name, dtype", CASES, ids=[f"{n}-{jnp.dtype(d).name}" for n, d in CASES])
@@ -138,14 +143,38 @@ def test_compose_splits_the_key_in_order():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: augment.random_flip(KEY, jnp.zeros((8, 8, 3))), ShapeError, r"`images` must be a batch \(n, h, w, c\), got shape \(8, 8, 3\)"),
-        (lambda: augment.random_flip(KEY, batch(), prob=1.5), ValueError, r"`prob` must be a number in \[0, 1\], got 1.5"),
-        (lambda: augment.random_crop(KEY, batch(), padding=-1), ValueError, r"random_crop: `padding` must be an int >= 0, got -1"),
+        (
+            lambda: augment.random_flip(KEY, jnp.zeros((8, 8, 3))),
+            ShapeError,
+            r"`images` must be a batch \(n, h, w, c\), got shape \(8, 8, 3\)",
+        ),
+        (
+            lambda: augment.random_flip(KEY, batch(), prob=1.5),
+            ValueError,
+            r"`prob` must be a number in \[0, 1\], got 1.5",
+        ),
+        (
+            lambda: augment.random_crop(KEY, batch(), padding=-1),
+            ValueError,
+            r"random_crop: `padding` must be an int >= 0, got -1",
+        ),
         (lambda: augment.random_crop(KEY, batch(), padding=2.0), TypeError, r"`padding` must be an int"),
-        (lambda: augment.cutout(KEY, batch(), size=0), ValueError, r"cutout: `size` must be an int >= 1, got 0"),
-        (lambda: augment.translate(batch(), jnp.zeros((6, 3), jnp.int32)), ShapeError, r"`shifts` must have shape \(n, 2\) = \(6, 2\)"),
+        (
+            lambda: augment.cutout(KEY, batch(), size=0),
+            ValueError,
+            r"cutout: `size` must be an int >= 1, got 0",
+        ),
+        (
+            lambda: augment.translate(batch(), jnp.zeros((6, 3), jnp.int32)),
+            ShapeError,
+            r"`shifts` must have shape \(n, 2\) = \(6, 2\)",
+        ),
         (lambda: augment.translate(batch(), jnp.zeros((6, 2))), TypeError, r"`shifts` must be integers"),
-        (lambda: augment.compose(augment.random_flip, 3), TypeError, r"compose: argument 1 must be a callable"),
+        (
+            lambda: augment.compose(augment.random_flip, 3),
+            TypeError,
+            r"compose: argument 1 must be a callable",
+        ),
     ],
 )
 def test_errors(call, error, match):

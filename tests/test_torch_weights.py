@@ -37,7 +37,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or inp != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inp, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inp, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -129,7 +131,9 @@ class CifarResNet(nn.Module):
 
 def conv_bn_act(inp, out, k=3, stride=1, groups=1):
     return nn.Sequential(
-        nn.Conv2d(inp, out, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(out), nn.ReLU6()
+        nn.Conv2d(inp, out, k, stride, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU6(),
     )
 
 
@@ -153,7 +157,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes):
         super().__init__()
-        settings = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+        settings = [
+            [1, 16, 1, 1],
+            [6, 24, 2, 2],
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ]
         features, inp = [conv_bn_act(3, 32, stride=2)], 32
         for t, c, n, s in settings:
             for i in range(n):
@@ -192,7 +204,11 @@ def vgg_torch(cfg, batch_norm, num_classes):
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(inp, v, 3, padding=1), *([nn.BatchNorm2d(v)] if batch_norm else []), nn.ReLU()]
+            layers += [
+                nn.Conv2d(inp, v, 3, padding=1),
+                *([nn.BatchNorm2d(v)] if batch_norm else []),
+                nn.ReLU(),
+            ]
             inp = v
     net = nn.Module()
     net.features = nn.Sequential(*layers)
@@ -244,7 +260,9 @@ def run_both(model, net, arch, size, dtype, batch=2, seed=0, **kw):
     state_dict = net.state_dict() if dtype == jnp.float64 else net.float().state_dict()
     params, state = abstract_init(model, (size, size, 3))
     if dtype == jnp.float64:  # the loader casts to the dtypes of the params it is given
-        params, state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype), (params, state))
+        params, state = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, dtype), (params, state)
+        )
     params, state = from_torch_state_dict(state_dict, params, state, arch, **kw)
     apply = jax.jit(lambda p, s, x: batched(model).apply(p, s, x))
     logits = np.asarray(apply(params, state, jnp.asarray(x, dtype))[0])
@@ -301,7 +319,9 @@ def test_mobilenet_v2_logits_match_pytorch_float64(x64):
     check_float64(models.mobilenet_v2(10, (64, 64, 3)), MobileNetV2(10), "mobilenet_v2", 64)
 
 
-@pytest.mark.parametrize("arch, model", [("alexnet", models.alexnet(10, (64, 64, 3))), ("vgg11", models.vgg11(10, (32, 32, 3)))])
+@pytest.mark.parametrize(
+    "arch, model", [("alexnet", models.alexnet(10, (64, 64, 3))), ("vgg11", models.vgg11(10, (32, 32, 3)))]
+)
 def test_flatten_shape_is_what_the_flatten_receives(arch, model):
     # The NCHW -> channels-last reordering (checked numerically by test_custom_layout) needs the
     # shape jcnn's Flatten sees; the adaptive pool fixes it whatever the image size.
@@ -309,7 +329,9 @@ def test_flatten_shape_is_what_the_flatten_receives(arch, model):
 
     size = 64 if arch == "alexnet" else 32
     rows = summary(model, (size, size, 3)).rows
-    before_flatten = next(rows[i - 1]["output_shape"] for i, r in enumerate(rows) if r["layer"] == "Flatten()")
+    before_flatten = next(
+        rows[i - 1]["output_shape"] for i, r in enumerate(rows) if r["layer"] == "Flatten()"
+    )
     (first_linear,) = [e for e in torch_layout(arch) if e.flatten_shape is not None]
     assert first_linear.flatten_shape == before_flatten
 
@@ -398,13 +420,18 @@ def test_unexpected_key_is_named(resnet20_dict):
 def test_misshaped_key_is_named(resnet20_dict):
     sd, params, state = resnet20_dict
     bad = {**sd, "fc.weight": np.zeros((100, 64), np.float32)}
-    with pytest.raises(ShapeError, match=r"'fc\.weight' has shape \(100, 64\) but the jcnn model needs \(10, 64\)"):
+    with pytest.raises(
+        ShapeError, match=r"'fc\.weight' has shape \(100, 64\) but the jcnn model needs \(10, 64\)"
+    ):
         from_torch_state_dict(bad, params, state, "resnet20")
 
 
 def test_wrong_architecture_is_refused(resnet20_dict):
     sd, params, state = resnet20_dict
-    with pytest.raises(ValueError, match=r"the params hold 39 weighted layers \(19 conv, 1 dense, 19 BatchNorm\) but resnet32 has 63"):
+    with pytest.raises(
+        ValueError,
+        match=r"the params hold 39 weighted layers \(19 conv, 1 dense, 19 BatchNorm\) but resnet32 has 63",
+    ):
         from_torch_state_dict(sd, params, state, "resnet32")
     with pytest.raises(ValueError, match=r"`arch` must be 'alexnet'"):
         torch_layout("resnet21")
@@ -420,7 +447,13 @@ def test_custom_layout():
 
     model = serial(Conv(4, 3, padding=1, bias=False), BatchNorm(), Relu(), Flatten(), Dense(3))
     params, state = abstract_init(model, (5, 5, 2))
-    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(100, 3))
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(100, 3),
+    )
     layout = [TorchEntry("0", "conv"), TorchEntry("1", "bn"), TorchEntry("4", "linear", (5, 5, 4))]
     x = np.random.default_rng(0).standard_normal((2, 5, 5, 2), dtype=np.float32)
     randomize(net, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
