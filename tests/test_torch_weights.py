@@ -275,17 +275,18 @@ def check_float32(model, net, arch, size, **kw):
 
     The max |logit difference| is printed (the report quotes it). The assertion: jcnn's float32
     logits are no further from the exact (float64) logits than twice torch's own float32 error.
-    A wrong padding, stride, eps or flatten order moves logits by 1e-2 or more; rounding alone
-    moves both libraries by ~1e-5 at these depths (torch's float32 alone misses its float64
-    result by 0.8e-5 on ResNet-18 and 1.9e-5 on MobileNetV2), so a fixed 1e-5 between the two
-    float32 results would test the summation order, not the architecture.
+    A convention slip moves logits far more (BatchNorm eps 1e-4 instead of 1e-5 moves ResNet-18's
+    by 1.3e-2); rounding alone moves both libraries by ~1e-5 at these depths (with these seeds
+    torch's float32 misses its own float64 result by 0.8e-5 on ResNet-18 and 3.0e-5 on
+    MobileNetV2), so a fixed 1e-5 between the two float32 results would test the summation
+    order, not the architecture. The float64 tests check the architecture to 1e-10.
     """
     logits, torch32, torch64 = run_both(model, net, arch, size, jnp.float32, **kw)
     diff = np.max(np.abs(logits - torch32))
     ours, theirs = np.max(np.abs(logits - torch64)), np.max(np.abs(torch32 - torch64))
     print(f"\n{arch} float32: max |jcnn - torch| {diff:.2e}; vs float64: jcnn {ours:.2e}, torch {theirs:.2e}")
+    # (Hence |jcnn - torch| <= 3x torch's own error, by the triangle inequality.)
     assert ours <= 2 * theirs, (diff, ours, theirs)
-    assert diff <= 3 * theirs, (diff, ours, theirs)
 
 
 def check_float64(model, net, arch, size, **kw):
