@@ -560,7 +560,8 @@ def from_torch_state_dict(state_dict: Mapping, params, state, arch, *, shortcut:
 
     >>> import jax, numpy as np
     >>> from jcnn.models import resnet20
-    >>> _, params, state = resnet20().init(jax.random.key(0), (32, 32, 3))
+    >>> init = lambda key: resnet20().init(key, (32, 32, 3))[1:]  # shapes are all it reads
+    >>> params, state = jax.eval_shape(init, jax.random.key(0))
     >>> sd = {"conv1.weight": np.ones((16, 3, 3, 3), np.float32)}
     >>> from_torch_state_dict(sd, params, state, "resnet20")
     Traceback (most recent call last):
