@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from jcnn.layers.base import Layer, input_shape_of, output_shape
 from jcnn.layers.combinators import serial
 from jcnn.layers.conv import Conv
 from jcnn.layers.dense import Dense
+from jcnn.models import CIFAR_RESNET_DEPTHS, MOBILENET_V2_SETTINGS, RESNET_DEPTHS, VGG_CONFIGS
 from jcnn.shapes import ShapeError
 
 __all__ = [
@@ -29,6 +31,10 @@ __all__ = [
     "conv_from_torch",
     "dense_from_torch",
     "nchw_rows_to_nhwc",
+    "TorchEntry",
+    "torch_layout",
+    "torch_shapes",
+    "from_torch_state_dict",
 ]
 
 
@@ -309,12 +315,6 @@ def dense_from_torch(weight, bias=None, *, input_shape=None, dtype=None) -> dict
 # Whole-model PyTorch state_dicts (the classic architectures of jcnn.models)
 # ---------------------------------------------------------------------------------------------
 
-# Imports of this appended section (hoist them to the top when the file is next reorganised).
-from typing import NamedTuple  # noqa: E402
-
-from jcnn.models import CIFAR_RESNET_DEPTHS, MOBILENET_V2_SETTINGS, RESNET_DEPTHS, VGG_CONFIGS  # noqa: E402
-
-__all__ += ["TorchEntry", "torch_layout", "torch_shapes", "from_torch_state_dict"]
 
 
 class TorchEntry(NamedTuple):

@@ -14,7 +14,6 @@ modules, which that loader relies on.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 
@@ -32,6 +31,7 @@ from jcnn.layers import (
     LayerInfo,
     MaxPool,
     Relu,
+    Relu6,
     RFWindow,
     residual,
     serial,
@@ -54,7 +54,6 @@ __all__ = [
     "resnet20",
     "resnet56",
     "mobilenet_v2",
-    "Relu6",
     "RESNET_DEPTHS",
     "CIFAR_RESNET_DEPTHS",
     "VGG_CONFIGS",
@@ -238,32 +237,6 @@ def _check_choice(where: str, name: str, value, choices) -> int:
     return operator.index(value)
 
 
-def Relu6() -> Layer:
-    """``y = min(max(x, 0), 6)`` (MobileNetV2's activation, torch's ``nn.ReLU6``); 2 FLOPs per element.
-
-    Elementwise, so it takes one example or any leading batch dims.
-
-    >>> import jax.numpy as jnp
-    >>> Relu6().apply((), (), jnp.array([-1.0, 3.0, 9.0]))[0].tolist()
-    [0.0, 3.0, 6.0]
-    """
-    # jcnn.layers has no clipped ReLU yet; this stays a models-level layer built on the public
-    # Layer constructor until one is added there.
-
-    def init(key, input_shape):
-        del key
-        return tuple(input_shape), (), ()
-
-    def apply(params, state, x, *, key=None, train=False):
-        del params, key, train
-        return jnp.clip(x, 0, 6).astype(x.dtype), state
-
-    def info(input_shape):
-        return LayerInfo(tuple(input_shape), 0, 2 * math.prod(input_shape))
-
-    return Layer(init, apply, name="Relu6", info=info, description="Relu6()")
-
-
 def _zero_pad_shortcut(strides: int, extra_channels: int) -> Layer:
     """He et al. 2016's option A shortcut: subsample by ``strides``, zero-pad channels at the end.
 
@@ -280,8 +253,8 @@ def _zero_pad_shortcut(strides: int, extra_channels: int) -> Layer:
         del key
         return out_shape(tuple(input_shape)), (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
-        del params, key, train
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+        del params, key, train, batch_ndim
         # Indexing from the end keeps any leading batch dims untouched.
         y = x[..., ::strides, ::strides, :]
         return jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(lo, hi)]), state
@@ -294,6 +267,7 @@ def _zero_pad_shortcut(strides: int, extra_channels: int) -> Layer:
         apply,
         name="ZeroPadShortcut",
         info=info,
+        takes_batch=True,
         description=f"ZeroPadShortcut(strides={strides}, extra_channels={extra_channels})",
     )
 

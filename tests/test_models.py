@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jcnn import layers as L
 from jcnn import models
 from jcnn.layers import batched
 from jcnn.summary import summary
@@ -193,7 +194,7 @@ def test_vgg_batch_norm_and_dropout_options():
 
 
 def test_relu6():
-    y, state = models.Relu6().apply((), (), jnp.array([[-2.0, 0.5], [6.0, 7.5]]))
+    y, state = L.Relu6().apply((), (), jnp.array([[-2.0, 0.5], [6.0, 7.5]]))
     assert y.tolist() == [[0.0, 0.5], [6.0, 6.0]] and state == ()
 
 

@@ -14,7 +14,7 @@ standard deviations (``jax.nn.initializers.he_normal()``); biases zeros; norm sc
 shifts zeros. Override with ``kernel_init=`` / ``bias_init=`` (``(key, shape, dtype) -> array``).
 """
 
-from jcnn.layers.activations import Gelu, Identity, LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Tanh
+from jcnn.layers.activations import Gelu, Identity, LeakyRelu, LogSoftmax, Relu, Relu6, Sigmoid, Softmax, Tanh
 from jcnn.layers.base import (
     GLOBAL,
     ApplyFn,
@@ -65,6 +65,7 @@ __all__ = [
     "AdaptiveMaxPool",
     "Identity",
     "Relu",
+    "Relu6",
     "Gelu",
     "Tanh",
     "Sigmoid",

@@ -110,6 +110,16 @@ def Relu() -> Layer:
     return _elementwise("Relu", jax.nn.relu, 1, "Relu()")
 
 
+def Relu6() -> Layer:
+    """``y = min(max(x, 0), 6)``: MobileNetV2's activation (``torch.nn.ReLU6``); 2 FLOPs per element.
+
+    >>> import jax.numpy as jnp
+    >>> Relu6().apply((), (), jnp.array([-1.0, 3.0, 9.0]))[0].tolist()
+    [0.0, 3.0, 6.0]
+    """
+    return _elementwise("Relu6", jax.nn.relu6, 2, "Relu6()")
+
+
 def Gelu(approximate: bool = False) -> Layer:
     """Gaussian error linear unit; exact (erf) by default like ``torch.nn.GELU``.
 
