@@ -164,6 +164,36 @@ class CheckpointStore:
         # checkpoint is committed, so the metric files written next never run ahead of it.
         self._manager.wait_until_finished()
 
+    def _broken(self, epoch: int, item: str, why: str) -> CheckpointError:
+        path = self.path(epoch)
+        return CheckpointError(
+            f"load_checkpoint: checkpoint {path} is damaged: {item} {why}. Refusing to resume "
+            f"from it; delete that folder to resume from an older checkpoint, or start afresh.",
+            path=path,
+            item=item,
+        )
+
+    def read_meta(self, epoch: int | None = None) -> dict:
+        """The verified metadata of a checkpoint (default the newest): epoch, history, identity...
+
+        Raises:
+            FileNotFoundError: if there is no checkpoint.
+            CheckpointError: if the metadata is unreadable or fails its checksum.
+        """
+        ocp = _ocp()
+        epoch = self.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"load_checkpoint: {self.directory} holds no checkpoint.")
+        try:
+            meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # orbax/tensorstore raise many types for an unreadable file
+            raise self._broken(epoch, "meta", f"could not be read ({type(e).__name__}: {e})") from e
+        if not isinstance(meta, dict) or meta.get("sha256") != _meta_sha256(meta):
+            raise self._broken(epoch, "meta", "fails its checksum (the metadata was changed after it was written)")
+        if meta.get("format") != FORMAT:
+            raise self._broken(epoch, "meta", f"has format {meta.get('format')!r}, expected {FORMAT!r}")
+        return meta
+
     def restore(self, target: TrainState, epoch: int | None = None) -> Checkpoint:
         """Read and verify a checkpoint (default the newest) into the structure of ``target``.
 
@@ -174,26 +204,13 @@ class CheckpointStore:
         """
         ocp = _ocp()
         epoch = self.latest_epoch() if epoch is None else epoch
-        if epoch is None:
-            raise FileNotFoundError(f"load_checkpoint: {self.directory} holds no checkpoint.")
+        meta = self.read_meta(epoch)
         path = self.path(epoch)
+        if meta["epoch"] != epoch:
+            raise self._broken(epoch, "meta", f"says epoch {meta['epoch']} in the folder of epoch {epoch}")
 
         def broken(item: str, why: str) -> CheckpointError:
-            return CheckpointError(
-                f"load_checkpoint: checkpoint {path} is damaged: {item} {why}. Refusing to resume "
-                f"from it; delete that folder to resume from an older checkpoint, or start afresh.",
-                path=path,
-                item=item,
-            )
-
-        try:
-            meta = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        except Exception as e:  # orbax/tensorstore raise many types for an unreadable file
-            raise broken("meta", f"could not be read ({type(e).__name__}: {e})") from e
-        if not isinstance(meta, dict) or meta.get("sha256") != _meta_sha256(meta):
-            raise broken("meta", "fails its checksum (the metadata was changed after it was written)")
-        if meta.get("format") != FORMAT:
-            raise broken("meta", f"has format {meta.get('format')!r}, expected {FORMAT!r}")
+            return self._broken(epoch, item, why)
 
         want = jax.tree_util.tree_leaves_with_path(target)
         saved = meta["arrays"]

@@ -66,8 +66,8 @@ def _optimizer_structure(opt_state) -> str:
     names = []
 
     def visit(node):
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            names.append(type(node).__name__)
+        if isinstance(node, tuple) and hasattr(node, "_fields") and type(node).__name__ != "EmptyState":
+            names.append(type(node).__name__)  # (EmptyState: a stateless step, e.g. scale_by_lr)
         if isinstance(node, (tuple, list)):
             for child in node:
                 visit(child)

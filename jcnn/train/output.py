@@ -124,9 +124,12 @@ class RunOutput:
                 f"{self.where}: `resume=True` but there is no checkpoint in {self._store.directory}; "
                 f"run without resume to start fresh."
             )
-        ckpt = self._store.restore(state)
-        path = self._store.path(ckpt.epoch)
-        changed = check_same_run(ckpt.identity, self.identity, override=override, checkpoint=path, where=self.where)
+        # The identity first: a changed configuration is reported as such, not as arrays that
+        # do not fit (a different model or optimizer), and nothing big is read for a refusal.
+        meta = self._store.read_meta()
+        path = self._store.path(meta["epoch"])
+        changed = check_same_run(meta["identity"], self.identity, override=override, checkpoint=path, where=self.where)
+        ckpt = self._store.restore(state, meta["epoch"])
         self.overrides = list(ckpt.overrides) + [
             {"epoch": ckpt.epoch, "field": k, "old": old, "new": new} for k, (old, new) in changed.items()
         ]

@@ -84,9 +84,20 @@ class RunFolder:
         self._locked = False
 
     def __enter__(self) -> RunFolder:
-        os.makedirs(self.path, exist_ok=True)
-        self.lock()
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self.lock()
+        except OSError as e:
+            raise self._unwritable(e) from e
         return self
+
+    def _unwritable(self, e: OSError) -> OSError:
+        """``e``'s own OSError subclass, with a message naming the folder and saying what to do."""
+        return type(e)(
+            e.errno,
+            f"{self.where}: cannot write into the output folder {self.path} ({e.strerror or e}); "
+            f"nothing was trained. Choose a writable folder",
+        )
 
     def __exit__(self, *exc) -> None:
         self.release()
@@ -174,11 +185,7 @@ class RunFolder:
             atomic_write(probe, b"jcnn write probe\n")
             os.remove(probe)
         except OSError as e:
-            raise type(e)(
-                e.errno,
-                f"{self.where}: cannot write into the output folder {self.path} ({e.strerror or e}); "
-                f"nothing was trained. Choose a writable folder",
-            ) from e
+            raise self._unwritable(e) from e
         free = shutil.disk_usage(self.path).free
         if free < need_bytes:
             raise OSError(
