@@ -133,11 +133,15 @@ class CheckpointStore:
         """The newest committed checkpoint's epoch, or None if there is none."""
         return self._manager.latest_step()
 
-    def save(self, epoch: int, state: TrainState, *, history: list, identity: dict, overrides=()) -> None:
-        """Write the checkpoint after ``epoch`` epochs and wait until it is committed.
+    def save(
+        self, epoch: int, state: TrainState, *, history: list, identity: dict, overrides=(), wait: bool = True
+    ) -> None:
+        """Write the checkpoint after ``epoch`` epochs; with ``wait``, return once it is committed.
 
         The arrays are fetched to the host first (so the caller may donate ``state`` right
-        after), checksummed, and handed to orbax with the metadata.
+        after), checksummed, and handed to orbax with the metadata. With ``wait=False`` orbax
+        writes in background threads and commits when done; `wait` (or the next save, or
+        `close`) waits for that.
         """
         ocp = _ocp()
         host = jax.device_get(state)
@@ -160,8 +164,11 @@ class CheckpointStore:
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
-        # orbax writes in background threads; waiting here means that when `save` returns the
-        # checkpoint is committed, so the metric files written next never run ahead of it.
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the save in flight, if any, is committed (orbax's errors surface here)."""
         self._manager.wait_until_finished()
 
     def _broken(self, epoch: int, item: str, why: str) -> CheckpointError:

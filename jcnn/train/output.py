@@ -73,6 +73,7 @@ class RunOutput:
         self.primary = jax.process_index() == 0
         self._folder = RunFolder(self.out_dir, where=where) if self.primary else None
         self._store: CheckpointStore | None = None
+        self._pending: tuple | None = None  # (history, extra) of the checkpoint being written
 
     def __enter__(self) -> RunOutput:
         if self._folder is not None:
@@ -85,6 +86,7 @@ class RunOutput:
             if self._store is not None:
                 try:
                     self._store.close()  # waits for a save in flight: fit never returns before it
+                    self._publish()  # ... and its history reaches the metric files
                 except Exception:
                     if exc_type is None:
                         raise
@@ -137,11 +139,25 @@ class RunOutput:
         return ckpt.state, list(ckpt.history)
 
     def commit(self, state: TrainState, history: list, extra: dict) -> None:
-        """Checkpoint ``state`` after ``len(history)`` epochs, then rewrite the metric files."""
+        """Checkpoint ``state`` after ``len(history)`` epochs; the metric files follow once committed.
+
+        orbax writes the checkpoint in the background while the next epoch trains. The metric
+        files are rewritten from a checkpoint's history only after that checkpoint is committed
+        (at the next commit, or on leaving), so they never run ahead of the checkpoints.
+        """
+        self._store.wait()
+        self._publish()
         epoch = len(history)
-        self._store.save(epoch, state, history=history, identity=self.identity, overrides=self.overrides)
+        self._store.save(
+            epoch, state, history=history, identity=self.identity, overrides=self.overrides, wait=False
+        )
+        self._pending = (list(history), dict(extra))
         self.last_good = (self._store.path(epoch), epoch)
-        self._write_metrics(history, extra)
+
+    def _publish(self) -> None:
+        if self._pending is not None:
+            self._write_metrics(*self._pending)
+            self._pending = None
 
     def _write_metrics(self, history: list, extra: dict) -> None:
         if self.primary:

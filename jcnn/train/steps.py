@@ -237,11 +237,11 @@ def make_train_step(
         TypeError: for a non-Layer model or a non-optax optimizer.
         ValueError: when called with a batch whose size is not a multiple of the device count.
 
-    >>> import optax
+    >>> import jcnn, optax
     >>> from jcnn.layers import Dense, Flatten, serial
     >>> model, opt = serial(Flatten(), Dense(10)), optax.sgd(0.1)
     >>> step = make_train_step(model, opt)
-    >>> state = init_state(model, opt, 0, (8, 8, 1))
+    >>> state = jcnn.train.init_state(model, opt, 0, (8, 8, 1))
     >>> x, y = np.zeros((4, 8, 8, 1), np.float32), np.arange(4, dtype=np.int32)
     >>> state, metrics = step(state, x, y)
     >>> int(state.step), sorted(metrics), round(float(metrics["loss"]), 4)
@@ -389,10 +389,10 @@ def evaluate(
         ``{"loss": float, "accuracy": float, "count": int}``; loss and accuracy are NaN when
         ``n == 0``.
 
-    >>> import optax
+    >>> import jcnn, optax
     >>> from jcnn.layers import Dense, Flatten, serial
     >>> model = serial(Flatten(), Dense(10))
-    >>> state = init_state(model, optax.sgd(0.1), 0, (8, 8, 1))
+    >>> state = jcnn.train.init_state(model, optax.sgd(0.1), 0, (8, 8, 1))
     >>> x, y = np.zeros((5, 8, 8, 1), np.float32), np.zeros(5, np.int32)
     >>> result = evaluate(make_eval_step(model), state, x, y, batch_size=2)
     >>> round(result["loss"], 4), result["count"]
