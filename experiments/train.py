@@ -64,12 +64,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "/usr/share/datasets/fashion-mnist; required for mnist and cifar10)",
     )
     p.add_argument("--model", choices=["lenet", "allconv", "mlp"], default="lenet")
-    p.add_argument("--epochs", type=_number(int, 0), default=None, help="default per dataset: " + _defaults_help(0))
+    p.add_argument(
+        "--epochs", type=_number(int, 0), default=None, help="default per dataset: " + _defaults_help(0)
+    )
     p.add_argument(
         "--batch-size", type=_number(int, 1), default=None, help="default per dataset: " + _defaults_help(1)
     )
     p.add_argument(
-        "--lr", type=_number(float, 0, strict=True), default=None, help="peak learning rate; default " + _defaults_help(2)
+        "--lr",
+        type=_number(float, 0, strict=True),
+        default=None,
+        help="peak learning rate; default " + _defaults_help(2),
     )
     p.add_argument("--weight-decay", type=_number(float, 0), default=0.0, help="AdamW decoupled weight decay")
     p.add_argument(
@@ -90,7 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --resume: run-identity fields allowed to differ from the checkpoint's, e.g. "
         "`--override epochs lr` (the refusal message names them)",
     )
-    p.add_argument("--keep", type=_number(int, 1), default=2, help="how many of the newest checkpoints to keep")
+    p.add_argument(
+        "--keep", type=_number(int, 1), default=2, help="how many of the newest checkpoints to keep"
+    )
     p.add_argument(
         "--precision",
         choices=["default", "high", "highest"],
@@ -193,7 +200,17 @@ def main(argv=None) -> int:
         f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s); output in {out}"
     )
 
-    trained = []
+    trained = []  # the epochs this invocation trains (a resume may train none)
+
+    def report(row: dict) -> None:
+        trained.append(row)
+        print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+            f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+            f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
+            flush=True,
+        )
+
     t0 = time.perf_counter()
     try:
         result = train.fit(
@@ -210,20 +227,21 @@ def main(argv=None) -> int:
             keep=args.keep,
             precision=args.precision,
             progress=not args.no_progress,
-            on_epoch_end=lambda row: (trained.append(row), print(
-                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-                f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
-                f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
-                flush=True,
-            )),
-        )  # fmt: skip
+            on_epoch_end=report,
+        )
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last finished epoch is in {out}; continue with --resume", file=sys.stderr)
         return 130
     except train.NonFiniteLossError as e:
         print(f"\n{e}", file=sys.stderr)
         return 1
-    except (train.RunMismatchError, train.CheckpointError, train.RunLockedError, FileNotFoundError, OSError) as e:
+    except (
+        train.RunMismatchError,
+        train.CheckpointError,
+        train.RunLockedError,
+        FileNotFoundError,
+        OSError,
+    ) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0

@@ -623,16 +623,56 @@ def test_check_split_accepts_a_good_split_without_copying(digits):
 @pytest.mark.parametrize(
     ("images", "labels", "error", "match"),
     [
-        (np.zeros((3, 2)), np.array([0, 1, 3]), ValueError, r"x label at index 2 is 3; labels must be integers in \[0, 3\)"),
+        (
+            np.zeros((3, 2)),
+            np.array([0, 1, 3]),
+            ValueError,
+            r"x label at index 2 is 3; labels must be integers in \[0, 3\)",
+        ),
         (np.zeros((3, 2)), np.array([0, -2, -1]), ValueError, r"x label at index 1 is -2"),
-        (np.zeros((3, 2)), np.array([0.0, 1.0, 2.0]), TypeError, r"x labels must be integer class indices, got dtype float64\."),
-        (np.zeros((3, 2)), np.eye(3)[[0, 1, 2]], TypeError, r"got dtype float64 \(one-hot\? pass the class indices"),
-        (np.zeros((3, 2)), np.array([[0], [1], [2]]), ValueError, r"x labels must be 1-D, .* got shape \(3, 1\)"),
-        (np.zeros((3, 2)), np.array([0, 1]), ValueError, r"x images and labels must have the same length, got shapes \(3, 2\) and \(2,\)"),
-        (np.array([[0.0, 1.0], [np.nan, 0.0], [0.0, 0.0]]), np.array([0, 1, 2]), ValueError, r"x image at index 1 holds a non-finite value \(nan\)"),
-        (np.array([["a", "b"]] * 3), np.array([0, 1, 2]), TypeError, r"x images must be a numeric .* got dtype <U1"),
+        (
+            np.zeros((3, 2)),
+            np.array([0.0, 1.0, 2.0]),
+            TypeError,
+            r"x labels must be integer class indices, got dtype float64\.",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.eye(3)[[0, 1, 2]],
+            TypeError,
+            r"got dtype float64 \(one-hot\? pass the class indices",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.array([[0], [1], [2]]),
+            ValueError,
+            r"x labels must be 1-D, .* got shape \(3, 1\)",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.array([0, 1]),
+            ValueError,
+            r"x images and labels must have the same length, got shapes \(3, 2\) and \(2,\)",
+        ),
+        (
+            np.array([[0.0, 1.0], [np.nan, 0.0], [0.0, 0.0]]),
+            np.array([0, 1, 2]),
+            ValueError,
+            r"x image at index 1 holds a non-finite value \(nan\)",
+        ),
+        (
+            np.array([["a", "b"]] * 3),
+            np.array([0, 1, 2]),
+            TypeError,
+            r"x images must be a numeric .* got dtype <U1",
+        ),
         (np.zeros((3, 2), bool), np.array([0, 1, 2]), TypeError, r"got dtype bool"),
-        (np.zeros((3, 3)), np.array([0, 1, 2]), ValueError, r"x images must have shape \(n, 2\) like the model's input, got \(3, 3\)"),
+        (
+            np.zeros((3, 3)),
+            np.array([0, 1, 2]),
+            ValueError,
+            r"x images must have shape \(n, 2\) like the model's input, got \(3, 3\)",
+        ),
     ],
 )
 def test_check_split_errors_name_the_split_index_and_value(images, labels, error, match):

@@ -61,68 +61,60 @@ def leaves_equal(a, b) -> bool:
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    import numpy as np, optax
+    import optax
     from jcnn import data, train
     from jcnn.layers import Dense, Flatten, serial
     from jcnn.train.checkpoint import CheckpointStore
 
-    out, mode = sys.argv[1], sys.argv[2]
+    real_save = CheckpointStore.save
+
+    def save_then_die(self, epoch, state, **k):
+        if epoch == 2:
+            # orbax has started epoch 2's save in its background threads when its `save`
+            # returns; die then, instead of waiting: the process is gone mid-write, uncommitted.
+            manager_save = self._manager.save
+            def start_then_die(*a, **kk):
+                manager_save(*a, **kk)
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._manager.save = start_then_die
+        return real_save(self, epoch, state, **k)
+
+    CheckpointStore.save = save_then_die
     ds = data.load_digits()
     ds = ds._replace(train=data.Split(ds.train.images[:640], ds.train.labels[:640]),
                      test=data.Split(ds.test.images[:100], ds.test.labels[:100]))
-    model, opt = serial(Flatten(), Dense(10)), optax.adam(1e-2)
-    kw = dict(epochs=3, batch_size=32, seed=1, progress=False, hparams={"lr": 1e-2})
-    if mode == "kill":
-        real_save = CheckpointStore.save
-        def save_then_die(self, epoch, state, **k):
-            if epoch == 2:
-                # orbax has started epoch 2's save in its background threads when `save` returns;
-                # die instead of waiting for it: the process is gone mid-write, uncommitted.
-                manager_save = self._manager.save
-                def start_then_die(*a, **kk):
-                    manager_save(*a, **kk)
-                    os.kill(os.getpid(), signal.SIGKILL)
-                self._manager.save = start_then_die
-            return real_save(self, epoch, state, **k)
-        CheckpointStore.save = save_then_die
-        train.fit(model, opt, ds, out_dir=out, **kw)
-    else:
-        left = sorted(os.listdir(os.path.join(out, "checkpoints")))
-        resumed = train.fit(model, opt, ds, out_dir=out, resume=True, **kw)
-        straight = train.fit(model, opt, ds, out_dir=out + "-straight", **kw)
-        same = all(np.array_equal(a, b) for a, b in zip(
-            __import__("jax").tree_util.tree_leaves(resumed.state),
-            __import__("jax").tree_util.tree_leaves(straight.state)))
-        metrics = __import__("json").load(open(os.path.join(out, "metrics.json")))
-        print("RESULT", __import__("json").dumps({
-            "left": left, "same": same, "after": sorted(os.listdir(os.path.join(out, "checkpoints"))),
-            "files": sorted(os.listdir(out)), "epochs": [r["epoch"] for r in metrics["history"]],
-            "resumed_history": [r["train_loss"] for r in resumed.history],
-            "straight_history": [r["train_loss"] for r in straight.history]}))
+    train.fit(serial(Flatten(), Dense(10)), optax.adam(1e-2), ds, epochs=3, batch_size=32, seed=1,
+              progress=False, hparams={"lr": 1e-2}, out_dir=sys.argv[1])
     """
 )
 
 
-def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path):
-    out = str(tmp_path / "run")
+def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_exact(digits, tmp_path):
+    out = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, out, "kill"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, "-c", KILL_SCRIPT, str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert os.path.exists(os.path.join(out, train.LOCK_NAME))  # the dead run's lock is left behind
-    resumed = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, out, "resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    result = json.loads(next(line for line in resumed.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    # The kill left checkpoint 1 and orbax's unfinished temporary folder for 2 ...
-    assert result["left"][0] == "1" and any("tmp" in name for name in result["left"][1:]), result["left"]
-    # ... the resume (not blocked by the stale lock) cleaned it and continued from epoch 1.
-    assert result["after"] == ["2", "3"]
-    assert result["files"] == ["checkpoints", "metrics.csv", "metrics.json"]
-    assert result["epochs"] == [1, 2, 3]
-    assert result["same"] and result["resumed_history"] == result["straight_history"]
+    # The kill left the dead run's lock, checkpoint 1 and orbax's unfinished folder for epoch 2.
+    assert (out / train.LOCK_NAME).exists()
+    left = sorted(os.listdir(out / "checkpoints"))
+    assert left[0] == "1" and any("tmp" in name for name in left[1:]), left
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [1]
+    # Resumed here (the stale lock does not block): the unfinished folder is cleaned away and
+    # the run continues from epoch 1 to exactly where an uninterrupted run ends.
+    resumed = run(digits, out, epochs=3, resume=True)
+    straight = run(digits, tmp_path / "straight", epochs=3)
+    assert leaves_equal(resumed.state, straight.state)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert sorted(os.listdir(out / "checkpoints")) == ["2", "3"]
+    assert sorted(os.listdir(out)) == ["checkpoints", "metrics.csv", "metrics.json"]
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +140,9 @@ def test_swapped_valid_arrays_fail_their_checksum(digits, tmp_path):
     ckpts = tmp_path / "checkpoints"
     shutil.rmtree(ckpts / "1" / "state")
     shutil.copytree(ckpts / "2" / "state", ckpts / "1" / "state")
-    with pytest.raises(train.CheckpointError, match=r"checkpoints/1 is damaged: array \.params\[1\]\['bias'\]"):
+    with pytest.raises(
+        train.CheckpointError, match=r"checkpoints/1 is damaged: array \.params\[1\]\['bias'\]"
+    ):
         train.load_checkpoint(tmp_path, template(), epoch=1)
 
 
@@ -158,14 +152,18 @@ def test_edited_metadata_is_refused(digits, tmp_path):
     text = meta.read_text()
     assert '"epoch": 1' in text
     meta.write_text(text.replace('"epoch": 1', '"epoch": 3', 1))  # issue 11: epoch field flipped
-    with pytest.raises(train.CheckpointError, match=r"checkpoints/1 is damaged: meta fails its checksum") as info:
+    with pytest.raises(
+        train.CheckpointError, match=r"checkpoints/1 is damaged: meta fails its checksum"
+    ) as info:
         run(digits, tmp_path, epochs=1, resume=True)
     assert info.value.item == "meta"
 
 
 def test_old_msgpack_checkpoint_gets_a_clear_message(digits, tmp_path):
     (tmp_path / "checkpoint.msgpack").write_bytes(b"\x85\xa5state")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint.msgpack is a checkpoint of the old single-file format"):
+    with pytest.raises(
+        FileNotFoundError, match=r"checkpoint.msgpack is a checkpoint of the old single-file format"
+    ):
         run(digits, tmp_path, epochs=1, resume=True)
 
 
@@ -175,10 +173,14 @@ def test_old_msgpack_checkpoint_gets_a_clear_message(digits, tmp_path):
 
 def test_changed_run_config_is_refused_unless_overridden(digits, tmp_path):
     run(digits, tmp_path, epochs=1)
-    with pytest.raises(train.RunMismatchError, match=r"`epochs` 1 \(now 2\), `lr` 0\.01 \(now 0\.5\)") as info:
+    with pytest.raises(
+        train.RunMismatchError, match=r"`epochs` 1 \(now 2\), `lr` 0\.01 \(now 0\.5\)"
+    ) as info:
         run(digits, tmp_path, epochs=2, resume=True, hparams={"lr": 0.5})
     assert "override=('epochs', 'lr')" in str(info.value) and "--override epochs lr" in str(info.value)
-    with pytest.raises(train.RunMismatchError, match=r"`optimizer_state` 'ScaleByAdamState' \(now 'TraceState'\)"):
+    with pytest.raises(
+        train.RunMismatchError, match=r"`optimizer_state` 'ScaleByAdamState' \(now 'TraceState'\)"
+    ):
         run(digits, tmp_path, epochs=1, resume=True, optimizer=optax.sgd(1e-2, momentum=0.9))
     with pytest.raises(train.RunMismatchError, match=r"`data_sha256`"):
         shifted = digits._replace(train=data.Split(digits.train.images[::-1], digits.train.labels[::-1]))
@@ -240,14 +242,18 @@ def no_training(monkeypatch):
 @pytest.mark.parametrize("sub", ["", "run"], ids=["folder-itself", "inside-it"])
 def test_unwritable_folder_is_refused_before_training(digits, read_only_dir, no_training, sub):
     out = read_only_dir / sub if sub else read_only_dir
-    with pytest.raises(PermissionError, match=rf"cannot write into the output folder {out} .*nothing was trained"):
+    with pytest.raises(
+        PermissionError, match=rf"cannot write into the output folder {out} .*nothing was trained"
+    ):
         run(digits, out, epochs=1)
 
 
 def test_full_disk_is_refused_before_training(digits, tmp_path, monkeypatch, no_training):
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
-    with pytest.raises(OSError, match=r"has 0\.0 MiB free but the checkpoints and metrics need about") as info:
+    with pytest.raises(
+        OSError, match=r"has 0\.0 MiB free but the checkpoints and metrics need about"
+    ) as info:
         run(digits, tmp_path, epochs=1)
     assert info.value.errno == 28
     assert not (tmp_path / train.LOCK_NAME).exists()
@@ -287,19 +293,71 @@ def bad(labels, i, value):
 @pytest.mark.parametrize(
     "split, change, error, match",
     [
-        ("train", lambda s: {"labels": bad(s.labels, 5, -1)}, ValueError, r"train label at index 5 is -1; labels must be integers in \[0, 10\)"),
+        (
+            "train",
+            lambda s: {"labels": bad(s.labels, 5, -1)},
+            ValueError,
+            r"train label at index 5 is -1; labels must be integers in \[0, 10\)",
+        ),
         ("train", lambda s: {"labels": bad(s.labels, 7, 10)}, ValueError, r"train label at index 7 is 10"),
-        ("test", lambda s: {"labels": np.full_like(s.labels, 10)}, ValueError, r"test label at index 0 is 10"),
-        ("train", lambda s: {"labels": s.labels.astype(np.float32)}, TypeError, r"train labels must be integer class indices, got dtype float32"),
+        (
+            "test",
+            lambda s: {"labels": np.full_like(s.labels, 10)},
+            ValueError,
+            r"test label at index 0 is 10",
+        ),
+        (
+            "train",
+            lambda s: {"labels": s.labels.astype(np.float32)},
+            TypeError,
+            r"train labels must be integer class indices, got dtype float32",
+        ),
         ("train", lambda s: {"labels": s.labels.astype(bool)}, TypeError, r"got dtype bool"),
-        ("train", lambda s: {"labels": np.eye(10, dtype=np.int32)[s.labels]}, ValueError, r"train labels must be 1-D"),
+        (
+            "train",
+            lambda s: {"labels": np.eye(10, dtype=np.int32)[s.labels]},
+            ValueError,
+            r"train labels must be 1-D",
+        ),
         ("train", lambda s: {"labels": s.labels.astype(str)}, TypeError, r"got dtype <U"),
-        ("train", lambda s: {"images": np.where(np.arange(640)[:, None, None, None] == 3, np.nan, s.images)}, ValueError, r"train image at index 3 holds a non-finite value \(nan\)"),
-        ("test", lambda s: {"images": np.where(np.arange(100)[:, None, None, None] == 9, np.inf, s.images)}, ValueError, r"test image at index 9 holds a non-finite value \(inf\)"),
-        ("train", lambda s: {"images": s.images.astype(object)}, TypeError, r"train images must be a numeric .* got dtype object"),
-        ("test", lambda s: {"images": s.images[:, :7]}, ValueError, r"test images must have shape \(n, 8, 8, 1\) like the model's input, got \(100, 7, 8, 1\)"),
+        (
+            "train",
+            lambda s: {"images": np.where(np.arange(640)[:, None, None, None] == 3, np.nan, s.images)},
+            ValueError,
+            r"train image at index 3 holds a non-finite value \(nan\)",
+        ),
+        (
+            "test",
+            lambda s: {"images": np.where(np.arange(100)[:, None, None, None] == 9, np.inf, s.images)},
+            ValueError,
+            r"test image at index 9 holds a non-finite value \(inf\)",
+        ),
+        (
+            "train",
+            lambda s: {"images": s.images.astype(object)},
+            TypeError,
+            r"train images must be a numeric .* got dtype object",
+        ),
+        (
+            "test",
+            lambda s: {"images": s.images[:, :7]},
+            ValueError,
+            r"test images must have shape \(n, 8, 8, 1\) like the model's input, got \(100, 7, 8, 1\)",
+        ),
     ],
-    ids=["neg", "too-big", "test-all-10", "float", "bool", "one-hot", "str", "nan", "test-inf", "object", "test-shape"],
+    ids=[
+        "neg",
+        "too-big",
+        "test-all-10",
+        "float",
+        "bool",
+        "one-hot",
+        "str",
+        "nan",
+        "test-inf",
+        "object",
+        "test-shape",
+    ],
 )
 def test_bad_data_is_refused_before_training(digits, no_training, split, change, error, match):
     ds = with_split(digits, split, **change(getattr(digits, split)))

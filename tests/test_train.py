@@ -279,7 +279,9 @@ def test_resume_errors(straight_run, digits, tmp_path):
     with pytest.raises(train.RunMismatchError, match=r"`epochs` 2 \(now 3\), `seed` 3 \(now 4\)") as info:
         train.fit(MODEL, OPTIMIZER, digits, epochs=3, batch_size=BATCH, seed=4, out_dir=out, resume=True)
     assert info.value.differences == {"epochs": (2, 3), "seed": (3, 4)}
-    with pytest.raises(ValueError, match=r"`override` names 'learning_rate', which the run identity does not"):
+    with pytest.raises(
+        ValueError, match=r"`override` names 'learning_rate', which the run identity does not"
+    ):
         train.fit(MODEL, OPTIMIZER, digits, epochs=2, batch_size=BATCH, seed=3, out_dir=out, resume=True,
                   override=("learning_rate",))  # fmt: skip
     with pytest.raises(ValueError, match=r"not a checkpoint of this model and optimizer: it holds"):
@@ -292,7 +294,9 @@ def test_fit_argument_errors(digits):
         train.fit(MODEL, OPTIMIZER, digits, epochs=1, batch_size=N_TRAIN + 1)
     with pytest.raises(ValueError, match="`epochs` must be an int >= 0"):
         train.fit(MODEL, OPTIMIZER, digits, epochs=-1)
-    with pytest.raises(ValueError, match="`precision` must be one of 'default', 'high', 'highest', got 'fp32'"):
+    with pytest.raises(
+        ValueError, match="`precision` must be one of 'default', 'high', 'highest', got 'fp32'"
+    ):
         train.fit(MODEL, OPTIMIZER, digits, epochs=1, precision="fp32")
     with pytest.raises(ValueError, match="`hparams` keys must be strings other than the built-in fields"):
         train.fit(MODEL, OPTIMIZER, digits, epochs=1, hparams={"seed": 1})

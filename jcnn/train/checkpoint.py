@@ -90,7 +90,9 @@ def _meta_sha256(meta: dict) -> str:
 
 def state_nbytes(state) -> int:
     """Bytes of the arrays of ``state`` (what one checkpoint of it holds, uncompressed)."""
-    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
+    return sum(
+        int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state)
+    )
 
 
 def _ocp():
@@ -154,7 +156,12 @@ class CheckpointStore:
             "identity": identity,
             "overrides": list(overrides),
             "arrays": [
-                {"path": jax.tree_util.keystr(p), "shape": list(a.shape), "dtype": a.dtype.str, "sha256": _sha256(a)}
+                {
+                    "path": jax.tree_util.keystr(p),
+                    "shape": list(a.shape),
+                    "dtype": a.dtype.str,
+                    "sha256": _sha256(a),
+                }
                 for (p, _), a in zip(leaves, arrays.values())
             ],
         }
@@ -196,7 +203,9 @@ class CheckpointStore:
         except Exception as e:  # orbax/tensorstore raise many types for an unreadable file
             raise self._broken(epoch, "meta", f"could not be read ({type(e).__name__}: {e})") from e
         if not isinstance(meta, dict) or meta.get("sha256") != _meta_sha256(meta):
-            raise self._broken(epoch, "meta", "fails its checksum (the metadata was changed after it was written)")
+            raise self._broken(
+                epoch, "meta", "fails its checksum (the metadata was changed after it was written)"
+            )
         if meta.get("format") != FORMAT:
             raise self._broken(epoch, "meta", f"has format {meta.get('format')!r}, expected {FORMAT!r}")
         return meta
@@ -245,11 +254,17 @@ class CheckpointStore:
         leaves = []
         for i, entry in enumerate(saved):
             a = np.asarray(arrays[f"{i:04d}"])
-            if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"] or _sha256(a) != entry["sha256"]:
+            if (
+                a.dtype.str != entry["dtype"]
+                or list(a.shape) != entry["shape"]
+                or _sha256(a) != entry["sha256"]
+            ):
                 raise broken(f"array {entry['path']}", "fails its checksum (its bytes changed after saving)")
             leaves.append(a)
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
-        return Checkpoint(state, int(meta["epoch"]), meta["history"], meta["identity"], meta.get("overrides", []))
+        return Checkpoint(
+            state, int(meta["epoch"]), meta["history"], meta["identity"], meta.get("overrides", [])
+        )
 
     def close(self) -> None:
         """Wait for any save in flight, then release orbax's resources."""
@@ -257,7 +272,9 @@ class CheckpointStore:
         self._manager.close()
 
 
-def save_checkpoint(out_dir, state: TrainState, *, epoch: int, history: list, identity: dict | None = None) -> str:
+def save_checkpoint(
+    out_dir, state: TrainState, *, epoch: int, history: list, identity: dict | None = None
+) -> str:
     """Write one checkpoint of ``state`` into ``out_dir/checkpoints/<epoch>`` and return its path.
 
     `fit` does this after every epoch; this function is for code that trains by hand.
@@ -302,7 +319,9 @@ def load_checkpoint(out_dir, target: TrainState, *, epoch: int | None = None) ->
         legacy = os.path.join(out_dir, LEGACY_NAME)
         if os.path.exists(legacy):
             raise FileNotFoundError(legacy_message(legacy))
-        raise FileNotFoundError(f"load_checkpoint: {out_dir} holds no checkpoint ({CHECKPOINT_DIR}/ is missing).")
+        raise FileNotFoundError(
+            f"load_checkpoint: {out_dir} holds no checkpoint ({CHECKPOINT_DIR}/ is missing)."
+        )
     store = CheckpointStore(directory, create=False)
     try:
         return store.restore(target, epoch)

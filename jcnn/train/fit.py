@@ -185,7 +185,9 @@ def fit(
     return FitResult(state, history, compile_time)
 
 
-def _prepare(model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices) -> _Run:
+def _prepare(
+    model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices
+) -> _Run:
     """Check every argument and the data, build the steps, the initial state and the run's identity."""
     where = "fit"
     epochs = as_int(epochs, where, "epochs", minimum=0)
@@ -268,7 +270,6 @@ def _progress(total: int, desc: str, enabled: bool):
     except ImportError:  # tqdm is in the `experiments` extra; train without a bar
         return None
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=True)
-
 
 
 def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):

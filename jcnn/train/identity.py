@@ -183,4 +183,3 @@ def check_same_run(
             refused,
         )
     return {k: v for k, v in differ.items() if k in override}
-

@@ -130,7 +130,9 @@ class RunOutput:
         # do not fit (a different model or optimizer), and nothing big is read for a refusal.
         meta = self._store.read_meta()
         path = self._store.path(meta["epoch"])
-        changed = check_same_run(meta["identity"], self.identity, override=override, checkpoint=path, where=self.where)
+        changed = check_same_run(
+            meta["identity"], self.identity, override=override, checkpoint=path, where=self.where
+        )
         ckpt = self._store.restore(state, meta["epoch"])
         self.overrides = list(ckpt.overrides) + [
             {"epoch": ckpt.epoch, "field": k, "old": old, "new": new} for k, (old, new) in changed.items()
@@ -163,4 +165,3 @@ class RunOutput:
         if self.primary:
             fields = {k: self.identity[k] for k in ("seed", "batch_size", "epochs")}
             write_metrics(self.out_dir, history, {**extra, **fields, "overrides": self.overrides})
-

@@ -76,8 +76,6 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.array(devices, dtype=object), ("data",))
 
 
-
-
 class Placement:
     """Data-parallel placement on a ``"data"`` mesh: batches split, everything else replicated.
 
@@ -425,5 +423,3 @@ def evaluate(
     correct = sum(int(s["correct"]) for s in sums)
     nan = float("nan")
     return {"loss": loss / n if n else nan, "accuracy": correct / n if n else nan, "count": n}
-
-
