@@ -7,10 +7,13 @@ about half a minute on two CPU cores, test accuracy about 0.98.
     python experiments/train.py --dataset fashion-mnist --model lenet --epochs 5
     python experiments/train.py --dataset cifar10 --data-dir ~/data --model allconv
     python experiments/train.py --dataset fashion-mnist --resume    # continue runs/fashion-mnist-lenet
+    python experiments/train.py --resume --epochs 20 --override epochs   # extend a finished run
 
-Writes into ``--out`` (default ``runs/<dataset>-<model>``): ``checkpoint.msgpack`` (after every
-epoch, atomically), ``metrics.json``, ``metrics.csv`` and ``learning_curves.png``. Ctrl-C and
-``--resume`` continue where the last finished epoch left off, with identical results.
+Writes into ``--out`` (default ``runs/<dataset>-<model>``): ``checkpoints/<epoch>/`` (orbax, after
+every epoch, checksummed, with the run's identity; the last ``--keep`` kept), ``metrics.json``,
+``metrics.csv`` and ``learning_curves.png``. Ctrl-C and ``--resume`` continue where the last
+finished epoch left off, with identical results; a resume with other flags than the run's is
+refused unless each changed field is named in ``--override``. One run per ``--out`` at a time.
 On several devices (GPUs, a TPU host, or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
 on a CPU) the batch is split over them; on a pod call ``jax.distributed.initialize()`` first.
 """
@@ -18,6 +21,7 @@ on a CPU) the batch is split over them; on a pod call ``jax.distributed.initiali
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -32,6 +36,24 @@ DEFAULTS = {
 }
 
 
+def _number(kind, minimum, *, strict=False):
+    """An argparse type: a finite ``kind`` >= ``minimum`` (> when ``strict``), with a readable error."""
+    op, word = (float.__gt__, ">") if strict else (float.__ge__, ">=")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or not op(float(value), float(minimum)):
+            raise argparse.ArgumentTypeError(f"must be {word} {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=sorted(DEFAULTS), default="digits")
@@ -42,20 +64,52 @@ def parse_args(argv=None) -> argparse.Namespace:
         "/usr/share/datasets/fashion-mnist; required for mnist and cifar10)",
     )
     p.add_argument("--model", choices=["lenet", "allconv", "mlp"], default="lenet")
-    p.add_argument("--epochs", type=int, default=None, help="default per dataset: " + _defaults_help(0))
-    p.add_argument("--batch-size", type=int, default=None, help="default per dataset: " + _defaults_help(1))
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate; default " + _defaults_help(2))
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--epochs", type=_number(int, 0), default=None, help="default per dataset: " + _defaults_help(0)
+    )
+    p.add_argument(
+        "--batch-size", type=_number(int, 1), default=None, help="default per dataset: " + _defaults_help(1)
+    )
+    p.add_argument(
+        "--lr",
+        type=_number(float, 0, strict=True),
+        default=None,
+        help="peak learning rate; default " + _defaults_help(2),
+    )
+    p.add_argument("--weight-decay", type=_number(float, 0), default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument(
+        "--warmup-epochs", type=_number(float, 0), default=0.0, help="linear warm-up before the cosine decay"
+    )
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--out", default=None, help="output folder; default runs/<dataset>-<model>")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from --out's checkpoint; give the same flags as the first run (the schedule spans --epochs)",
+        help="continue from --out's newest checkpoint; give the same flags as the first run (the schedule spans --epochs)",
+    )
+    p.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="FIELD",
+        help="with --resume: run-identity fields allowed to differ from the checkpoint's, e.g. "
+        "`--override epochs lr` (the refusal message names them)",
+    )
+    p.add_argument(
+        "--keep", type=_number(int, 1), default=2, help="how many of the newest checkpoints to keep"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["default", "high", "highest"],
+        default=None,
+        help="matmul/conv precision of the steps (jax.default_matmul_precision); default: what JAX does "
+        "(TF32 on recent NVIDIA GPUs, bf16 passes on TPU, full float32 on CPU)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.override and not args.resume:
+        p.error("--override only applies with --resume")
+    return args
 
 
 def _defaults_help(i: int) -> str:
@@ -131,14 +185,32 @@ def main(argv=None) -> int:
     optimizer = (
         optax.adamw(schedule, weight_decay=args.weight_decay) if args.weight_decay else optax.adam(schedule)
     )
+    # What optax cannot report about the optimizer: stored with every checkpoint, so that a
+    # resume with another --lr, schedule or weight decay is refused (`--override` accepts it).
+    hparams = {
+        "optimizer": "adamw" if args.weight_decay else "adam",
+        "lr": lr,
+        "schedule": "warmup_cosine" if warmup else "cosine",
+        "warmup_epochs": args.warmup_epochs,
+        "weight_decay": args.weight_decay,
+    }
     devices = jax.devices()
     print(
         f"training {epochs} epochs, batch {batch_size}, adam{'w' if args.weight_decay else ''} lr {lr} "
         f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s); output in {out}"
     )
 
-    if args.resume and not os.path.exists(os.path.join(out, train.CHECKPOINT_NAME)):
-        sys.exit(f"train.py: --resume but {out} holds no {train.CHECKPOINT_NAME}; drop --resume to start.")
+    trained = []  # the epochs this invocation trains (a resume may train none)
+
+    def report(row: dict) -> None:
+        trained.append(row)
+        print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+            f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+            f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
+            flush=True,
+        )
+
     t0 = time.perf_counter()
     try:
         result = train.fit(
@@ -150,13 +222,12 @@ def main(argv=None) -> int:
             seed=args.seed,
             out_dir=out,
             resume=args.resume,
+            override=tuple(args.override),
+            hparams=hparams,
+            keep=args.keep,
+            precision=args.precision,
             progress=not args.no_progress,
-            on_epoch_end=lambda row: print(
-                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-                f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
-                f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
-                flush=True,
-            ),
+            on_epoch_end=report,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last finished epoch is in {out}; continue with --resume", file=sys.stderr)
@@ -164,20 +235,34 @@ def main(argv=None) -> int:
     except train.NonFiniteLossError as e:
         print(f"\n{e}", file=sys.stderr)
         return 1
+    except (
+        train.RunMismatchError,
+        train.CheckpointError,
+        train.RunLockedError,
+        FileNotFoundError,
+        OSError,
+    ) as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
 
     history = result.history
     if not history:
-        print("nothing to train: the checkpoint already has all epochs")
+        print(f"--epochs {epochs}: nothing trained, no checkpoint written (metrics files in {out} are empty)")
         return 0
     last = history[-1]
     plot_learning_curves(history, os.path.join(out, "learning_curves.png"), f"{ds.name} {args.model}")
-    rates = [row["images_per_s"] for row in history]
-    print(
-        f"train step compiled in {result.compile_time_s:.2f}s; {wall:.1f}s in fit; "
-        f"{sum(rates) / len(rates):.0f} images/s mean training throughput"
-    )
-    print(f"wrote {out}/checkpoint.msgpack, metrics.json, metrics.csv, learning_curves.png")
+    if trained:
+        rates = [row["images_per_s"] for row in trained]
+        print(
+            f"train step compiled in {result.compile_time_s:.2f}s; {wall:.1f}s in fit; "
+            f"{sum(rates) / len(rates):.0f} images/s mean training throughput"
+        )
+        print(
+            f"wrote {out}/{train.CHECKPOINT_DIR}/{last['epoch']}, metrics.json, metrics.csv, learning_curves.png"
+        )
+    else:
+        print(f"nothing to train: the checkpoint in {out} already has all {last['epoch']} epochs")
     print(f"test accuracy: {last['test_accuracy']:.4f}")
     return 0
 

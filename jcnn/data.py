@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import operator
 import os
 import pickle
 import zlib
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
+
+from jcnn.checks import as_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,6 +49,7 @@ __all__ = [
     "read_idx",
     "batches",
     "num_batches",
+    "check_split",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
@@ -115,18 +117,6 @@ class Dataset(NamedTuple):
         return tuple(int(d) for d in self.train.images.shape[1:])
 
 
-# ---------------------------------------------------------------------------------------------
-# Small validators, in the `<where>: <expected>, got <actual>.` style.
-
-
-def _check_int(where: str, name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{where}: `{name}` must be an integer, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{where}: `{name}` must be an integer >= {minimum}, got {value}.")
-    return operator.index(value)
-
-
 def _to_unit_float(pixels: np.ndarray, scale: float) -> np.ndarray:
     """``pixels / scale`` as C-contiguous float32, in one allocation (exact at 0 and ``scale``)."""
     return np.divide(pixels, np.float32(scale), dtype=np.float32, order="C")
@@ -182,7 +172,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
         raise TypeError(f"{where}: `test_fraction` must be a number in (0, 1), got {test_fraction!r}.")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"{where}: `test_fraction` must lie strictly between 0 and 1, got {test_fraction}.")
-    seed = _check_int(where, "seed", seed, minimum=0)
+    seed = as_int(seed, where, "seed", minimum=0)
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:  # pragma: no cover - scikit-learn is in the experiments extra
@@ -587,6 +577,89 @@ def load_cifar10(path: PathLike) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# Validation of a split before training (issue 11 item 4).
+
+
+def check_split(
+    images,
+    labels,
+    *,
+    split: str,
+    num_classes: int,
+    image_shape: tuple[int, ...] | None = None,
+    where: str = "check_split",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check one split for training: numeric finite images of one shape, integer class labels.
+
+    Every check runs on the host, before any training step, so that a bad label cannot train as
+    another class (-1 indexes the last logit) and a NaN pixel cannot surface later as a
+    "non-finite loss". Each error names the split, the index of the first bad example and its
+    value.
+
+    Args:
+        images: ``(n, *image_shape)`` numeric array (any real dtype; bool and object refused).
+        labels: ``(n,)`` integer class indices in ``[0, num_classes)``.
+        split: the split's name for messages, e.g. ``"train"``.
+        num_classes: the number of classes (the model's logits).
+        image_shape: the shape one example must have; None accepts any.
+        where: the public function to name in messages.
+
+    Returns:
+        ``(images, labels)`` as NumPy arrays (not copied when they already are).
+
+    Raises:
+        TypeError: for non-numeric images or non-integer labels.
+        ValueError: for a wrong rank or shape, a length mismatch, a non-finite pixel, or a
+            label outside ``[0, num_classes)``.
+
+    >>> x, y = np.zeros((3, 2, 2, 1), np.float32), np.array([0, 4, 1])
+    >>> check_split(x, y, split="train", num_classes=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: check_split: train label at index 1 is 4; labels must be integers in [0, 3).
+    """
+    num_classes = as_int(num_classes, where, "num_classes", minimum=1)
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{where}: {split} images must be a numeric (integer or float) array, got dtype {images.dtype}."
+        )
+    if labels.dtype.kind not in "iu":
+        hint = " (one-hot? pass the class indices, labels.argmax(-1))" if labels.ndim == 2 else ""
+        raise TypeError(
+            f"{where}: {split} labels must be integer class indices, got dtype {labels.dtype}{hint}."
+        )
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{where}: {split} labels must be 1-D, one class index per example, got shape {labels.shape}."
+        )
+    if images.ndim < 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{where}: {split} images and labels must have the same length, got shapes "
+            f"{images.shape} and {labels.shape}."
+        )
+    if image_shape is not None and images.shape[1:] != tuple(image_shape):
+        raise ValueError(
+            f"{where}: {split} images must have shape (n, {', '.join(map(str, image_shape))}) like "
+            f"the model's input, got {images.shape}."
+        )
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: {split} label at index {i} is {labels[i]}; labels must be integers in "
+            f"[0, {num_classes})."
+        )
+    if images.dtype.kind == "f" and images.size:
+        finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            value = images[i].reshape(-1)[np.argmin(np.isfinite(images[i].reshape(-1)))]
+            raise ValueError(f"{where}: {split} image at index {i} holds a non-finite value ({value}).")
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------------
 # Batching.
 
 
@@ -608,8 +681,8 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     >>> num_batches(10, 4), num_batches(10, 4, drop_last=True), num_batches(8, 4)
     (3, 2, 2)
     """
-    n = _check_int("num_batches", "n", n, minimum=0)
-    batch_size = _check_int("num_batches", "batch_size", batch_size, minimum=1)
+    n = as_int(n, "num_batches", "n", minimum=0)
+    batch_size = as_int(batch_size, "num_batches", "batch_size", minimum=1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -667,10 +740,10 @@ def batches(
     """
     where = "batches"
     images, labels = np.asarray(images), np.asarray(labels)
-    batch_size = _check_int(where, "batch_size", batch_size, minimum=1)
-    seed = _check_int(where, "seed", seed, minimum=0)
-    epoch = _check_int(where, "epoch", epoch, minimum=0)
-    start_batch = _check_int(where, "start_batch", start_batch, minimum=0)
+    batch_size = as_int(batch_size, where, "batch_size", minimum=1)
+    seed = as_int(seed, where, "seed", minimum=0)
+    epoch = as_int(epoch, where, "epoch", minimum=0)
+    start_batch = as_int(start_batch, where, "start_batch", minimum=0)
     if images.ndim == 0 or labels.ndim == 0 or images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"{where}: `images` and `labels` must have the same length along axis 0, "

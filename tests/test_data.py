@@ -134,7 +134,7 @@ def test_digits_split_is_deterministic_per_seed():
         ({"test_fraction": -0.2}, ValueError, "strictly between 0 and 1"),
         ({"test_fraction": 1e-4}, ValueError, "gives 0 test examples out of 1797"),
         ({"test_fraction": "0.2"}, TypeError, "`test_fraction` must be a number"),
-        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0, got -1"),
+        ({"seed": -1}, ValueError, "`seed` must be an int >= 0, got -1"),
     ],
 )
 def test_digits_errors(kwargs, error, match):
@@ -586,12 +586,12 @@ def test_batches_accept_a_split():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"batch_size": 0}, ValueError, r"batches: `batch_size` must be an integer >= 1, got 0\."),
-        ({"batch_size": -3}, ValueError, r"`batch_size` must be an integer >= 1, got -3"),
-        ({"batch_size": 2.0}, TypeError, r"`batch_size` must be an integer, got 2\.0 \(float\)"),
-        ({"batch_size": True}, TypeError, r"`batch_size` must be an integer"),
-        ({"seed": -1}, ValueError, r"`seed` must be an integer >= 0"),
-        ({"epoch": -1}, ValueError, r"`epoch` must be an integer >= 0"),
+        ({"batch_size": 0}, ValueError, r"batches: `batch_size` must be an int >= 1, got 0\."),
+        ({"batch_size": -3}, ValueError, r"`batch_size` must be an int >= 1, got -3"),
+        ({"batch_size": 2.0}, TypeError, r"`batch_size` must be an int, got 2\.0 of type float"),
+        ({"batch_size": True}, TypeError, r"`batch_size` must be an int"),
+        ({"seed": -1}, ValueError, r"`seed` must be an int >= 0"),
+        ({"epoch": -1}, ValueError, r"`epoch` must be an int >= 0"),
         ({"start_batch": 4}, ValueError, r"`start_batch` must be at most the 3 batches"),
         ({"labels": np.arange(9)}, ValueError, r"same length along axis 0, got shapes \(10, 1\) and \(9,\)"),
     ],
@@ -603,7 +603,78 @@ def test_batches_errors_raised_at_call_time(kwargs, error, match):
 
 
 def test_num_batches_errors():
-    with pytest.raises(ValueError, match=r"num_batches: `batch_size` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_batches: `batch_size` must be an int >= 1, got 0"):
         data.num_batches(10, 0)
-    with pytest.raises(ValueError, match=r"num_batches: `n` must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"num_batches: `n` must be an int >= 0, got -1"):
         data.num_batches(-1, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# check_split: the data checked before training (issue 11 item 4).
+
+
+def test_check_split_accepts_a_good_split_without_copying(digits):
+    images, labels = data.check_split(*digits.train, split="train", num_classes=10, image_shape=(8, 8, 1))
+    assert images is digits.train.images and labels is digits.train.labels
+    uint8 = (digits.test.images * 16).astype(np.uint8)  # integer images are numeric too
+    data.check_split(uint8, digits.test.labels.astype(np.uint8), split="test", num_classes=10)
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "error", "match"),
+    [
+        (
+            np.zeros((3, 2)),
+            np.array([0, 1, 3]),
+            ValueError,
+            r"x label at index 2 is 3; labels must be integers in \[0, 3\)",
+        ),
+        (np.zeros((3, 2)), np.array([0, -2, -1]), ValueError, r"x label at index 1 is -2"),
+        (
+            np.zeros((3, 2)),
+            np.array([0.0, 1.0, 2.0]),
+            TypeError,
+            r"x labels must be integer class indices, got dtype float64\.",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.eye(3)[[0, 1, 2]],
+            TypeError,
+            r"got dtype float64 \(one-hot\? pass the class indices",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.array([[0], [1], [2]]),
+            ValueError,
+            r"x labels must be 1-D, .* got shape \(3, 1\)",
+        ),
+        (
+            np.zeros((3, 2)),
+            np.array([0, 1]),
+            ValueError,
+            r"x images and labels must have the same length, got shapes \(3, 2\) and \(2,\)",
+        ),
+        (
+            np.array([[0.0, 1.0], [np.nan, 0.0], [0.0, 0.0]]),
+            np.array([0, 1, 2]),
+            ValueError,
+            r"x image at index 1 holds a non-finite value \(nan\)",
+        ),
+        (
+            np.array([["a", "b"]] * 3),
+            np.array([0, 1, 2]),
+            TypeError,
+            r"x images must be a numeric .* got dtype <U1",
+        ),
+        (np.zeros((3, 2), bool), np.array([0, 1, 2]), TypeError, r"got dtype bool"),
+        (
+            np.zeros((3, 3)),
+            np.array([0, 1, 2]),
+            ValueError,
+            r"x images must have shape \(n, 2\) like the model's input, got \(3, 3\)",
+        ),
+    ],
+)
+def test_check_split_errors_name_the_split_index_and_value(images, labels, error, match):
+    with pytest.raises(error, match=match):
+        data.check_split(images, labels, split="x", num_classes=3, image_shape=(2,))

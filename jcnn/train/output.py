@@ -1,0 +1,167 @@
+"""What a run leaves in its output folder, kept consistent: lock, checkpoints, metric files.
+
+`RunOutput` is the one object `fit` talks to about files. Entering it takes the folder's lock,
+removes stale temporary files and probes the folder (writable, room for the checkpoints) before
+anything trains. `RunOutput.start` either resumes (the newest checkpoint, verified, from the
+same run unless fields are overridden) or starts afresh (a previous run's checkpoints and metric
+files are replaced), and writes the metric files from the history it starts from. `commit`
+saves a checkpoint, waits for it, then rewrites the metric files from the same history.
+
+`NoOutput` is the same interface for ``out_dir=None``: nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import jax
+
+from jcnn.train.checkpoint import CHECKPOINT_DIR, LEGACY_NAME, CheckpointStore, legacy_message, state_nbytes
+from jcnn.train.identity import check_same_run
+from jcnn.train.metrics import write_metrics
+from jcnn.train.rundir import RunFolder
+from jcnn.train.state import TrainState
+
+__all__ = ["RunOutput", "NoOutput"]
+
+
+class NoOutput:
+    """`RunOutput`'s interface for a run that writes nothing."""
+
+    last_good = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def start(self, state, *, resume, override):
+        del override
+        if resume:
+            raise FileNotFoundError("fit: `resume=True` needs an `out_dir` holding the run's checkpoints.")
+        return state, []
+
+    def commit(self, state, history, extra):
+        del state, history, extra
+
+
+class RunOutput:
+    """The output folder of one run (see the module docstring).
+
+    Args:
+        out_dir: the folder (created).
+        identity: the run's identity (`jcnn.train.identity.run_identity`).
+        keep: how many checkpoints to keep.
+        where: the public function to name in messages.
+
+    Attributes:
+        last_good: ``(path, epoch)`` of the newest checkpoint this run stands on, or None.
+    """
+
+    def __init__(self, out_dir, identity: dict, *, keep: int = 2, where: str = "fit"):
+        self.out_dir = os.path.abspath(os.fspath(out_dir))
+        self.identity = identity
+        self.keep = keep
+        self.where = where
+        self.overrides: list = []
+        self.last_good = None
+        # Multi-process runs: only process 0 owns the folder (lock, probe, metric files); every
+        # process takes part in orbax's checkpoint saves and restores.
+        self.primary = jax.process_index() == 0
+        self._folder = RunFolder(self.out_dir, where=where) if self.primary else None
+        self._store: CheckpointStore | None = None
+        self._pending: tuple | None = None  # (history, extra) of the checkpoint being written
+
+    def __enter__(self) -> RunOutput:
+        if self._folder is not None:
+            self._folder.__enter__()  # creates the folder and takes the lock
+            self._folder.clean_stale_files()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._store is not None:
+                try:
+                    self._store.close()  # waits for a save in flight: fit never returns before it
+                    self._publish()  # ... and its history reaches the metric files
+                except Exception:
+                    if exc_type is None:
+                        raise
+                    # An error is already on its way out (e.g. the disk filled up mid-save):
+                    # report that one, not this follow-up failure of the same cause.
+        finally:
+            if self._folder is not None:
+                self._folder.release()
+
+    def start(self, state: TrainState, *, resume: bool, override=()) -> tuple[TrainState, list]:
+        """The state and history to start from; probes the folder and writes the metric files.
+
+        A fresh run (``resume=False``) replaces what an earlier run left in the folder: its
+        checkpoints and an old ``checkpoint.msgpack``.
+        """
+        checkpoints = os.path.join(self.out_dir, CHECKPOINT_DIR)
+        if self._folder is not None:
+            self._folder.probe(need_bytes=state_nbytes(state) * (self.keep + 1) + 2**20)
+            if not resume:
+                if os.path.isdir(checkpoints):
+                    shutil.rmtree(checkpoints)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.out_dir, LEGACY_NAME))
+        self._store = CheckpointStore(checkpoints, keep=self.keep)
+        history = []
+        if resume:
+            state, history = self._resume(state, override)
+        self._write_metrics(history, {})
+        return state, history
+
+    def _resume(self, state, override):
+        if self._store.latest_epoch() is None:
+            legacy = os.path.join(self.out_dir, LEGACY_NAME)
+            if os.path.exists(legacy):
+                raise FileNotFoundError(f"{self.where}: `resume=True` but {legacy_message(legacy)}")
+            raise FileNotFoundError(
+                f"{self.where}: `resume=True` but there is no checkpoint in {self._store.directory}; "
+                f"run without resume to start fresh."
+            )
+        # The identity first: a changed configuration is reported as such, not as arrays that
+        # do not fit (a different model or optimizer), and nothing big is read for a refusal.
+        meta = self._store.read_meta()
+        path = self._store.path(meta["epoch"])
+        changed = check_same_run(
+            meta["identity"], self.identity, override=override, checkpoint=path, where=self.where
+        )
+        ckpt = self._store.restore(state, meta["epoch"])
+        self.overrides = list(ckpt.overrides) + [
+            {"epoch": ckpt.epoch, "field": k, "old": old, "new": new} for k, (old, new) in changed.items()
+        ]
+        self.last_good = (path, ckpt.epoch)
+        return ckpt.state, list(ckpt.history)
+
+    def commit(self, state: TrainState, history: list, extra: dict) -> None:
+        """Checkpoint ``state`` after ``len(history)`` epochs; the metric files follow once committed.
+
+        orbax writes the checkpoint in the background while the next epoch trains. The metric
+        files are rewritten from a checkpoint's history only after that checkpoint is committed
+        (at the next commit, or on leaving), so they never run ahead of the checkpoints.
+        """
+        self._store.wait()
+        self._publish()
+        epoch = len(history)
+        self._store.save(
+            epoch, state, history=history, identity=self.identity, overrides=self.overrides, wait=False
+        )
+        self._pending = (list(history), dict(extra))
+        self.last_good = (self._store.path(epoch), epoch)
+
+    def _publish(self) -> None:
+        if self._pending is not None:
+            self._write_metrics(*self._pending)
+            self._pending = None
+
+    def _write_metrics(self, history: list, extra: dict) -> None:
+        if self.primary:
+            fields = {k: self.identity[k] for k in ("seed", "batch_size", "epochs")}
+            write_metrics(self.out_dir, history, {**extra, **fields, "overrides": self.overrides})

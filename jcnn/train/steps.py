@@ -1,0 +1,425 @@
+"""The jitted train and eval steps, their device placement on a ``"data"`` mesh, and `evaluate`.
+
+Devices and data parallelism:
+    The steps run on a `jax.sharding.Mesh` with one axis, ``"data"``, over all devices
+    (``jax.devices()``, or ``devices=``). Batches are placed with
+    ``NamedSharding(mesh, PartitionSpec("data"))``, split along the batch axis; the train state
+    is replicated (``PartitionSpec()``). XLA's SPMD partitioner inserts the gradient all-reduce
+    (and BatchNorm's cross-device mean), so on one device and on many the code is the same and the
+    numbers agree to float rounding. The training batch size must be a multiple of the device
+    count; evaluation pads its batches to one.
+
+    On a GPU or TPU host nothing changes: ``jax.devices()`` lists the accelerators. With several
+    processes (``jax.distributed.initialize()`` first thing in every process), each process
+    feeds its own rows of every global batch (`Placement.place_batch`, through
+    ``jax.make_array_from_process_local_data``). To try the multi-device path on a CPU, set
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before jax is imported.
+
+Precision:
+    ``precision=None`` leaves matmul and conv precision to JAX (on recent NVIDIA GPUs float32
+    matmuls then run in TF32, on TPUs in bfloat16 passes); ``"high"`` or ``"highest"`` traces
+    the step under ``jax.default_matmul_precision`` (issue 14).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jcnn import data as jdata
+from jcnn.checks import as_int, one_of
+from jcnn.layers import Layer, batched
+from jcnn.train.state import TrainState, check_model, check_optimizer
+
+__all__ = [
+    "PRECISIONS",
+    "Placement",
+    "TrainStep",
+    "EvalStep",
+    "make_mesh",
+    "make_train_step",
+    "make_eval_step",
+    "evaluate",
+    "check_precision",
+]
+
+#: The values ``precision=`` takes besides None (JAX's own default).
+PRECISIONS = ("default", "high", "highest")
+
+
+def check_precision(precision, where: str) -> str | None:
+    """``None`` or one of `PRECISIONS`."""
+    return None if precision is None else one_of(precision, PRECISIONS, where, "precision")
+
+
+def _precision_scope(precision: str | None):
+    return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh named ``"data"`` over ``devices`` (default: all of ``jax.devices()``).
+
+    >>> make_mesh().axis_names
+    ('data',)
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("make_mesh: `devices` must hold at least one device, got none.")
+    return Mesh(np.array(devices, dtype=object), ("data",))
+
+
+class Placement:
+    """Data-parallel placement on a ``"data"`` mesh: batches split, everything else replicated.
+
+    Attributes:
+        mesh: the one-axis ``"data"`` mesh.
+        num_devices: its size.
+        batch_sharding: ``NamedSharding(mesh, PartitionSpec("data"))``.
+        replicated: ``NamedSharding(mesh, PartitionSpec())``.
+    """
+
+    def __init__(self, devices):
+        self.mesh = make_mesh(devices)
+        self.num_devices = self.mesh.size
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    def check_batch(self, n: int, where: str) -> None:
+        """ValueError unless a batch of ``n`` rows splits evenly over the devices."""
+        if n % self.num_devices:
+            k = self.num_devices
+            raise ValueError(
+                f"{where}: a batch of {n} examples does not split evenly over {k} devices; use a "
+                f"batch size that is a multiple of {k}, e.g. {max(k, n - n % k)} or {n + k - n % k}."
+            )
+
+    def place_batch(self, *arrays):
+        """Put host arrays (the global batch) on the mesh, split along axis 0."""
+        if jax.process_count() == 1:
+            return tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
+        # Multi-host: every process holds the same global batch and feeds only its own rows,
+        # block `i` of `p`: the mesh follows jax.devices(), which lists each process's devices
+        # together. (Only the single-process path is exercised by the tests.)
+        out = []
+        p, i = jax.process_count(), jax.process_index()
+        for a in arrays:
+            a = np.asarray(a)
+            rows = a.shape[0] // p
+            local = a[i * rows : (i + 1) * rows]
+            out.append(jax.make_array_from_process_local_data(self.batch_sharding, local, a.shape))
+        return tuple(out)
+
+    def place_replicated(self, tree):
+        """``tree`` on every device of the mesh."""
+        return jax.device_put(tree, self.replicated)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+
+# The steps built for a (model, optimizer, devices, ...) are kept, so that fitting or evaluating
+# the same model objects again reuses their compilations (jit caches by function identity, and
+# each build makes new functions). Layers and optax transformations are tuples of functions:
+# hashable, compared by identity.
+_STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
+_STEP_CACHE_SIZE = 16
+
+
+def _cached(build, *args):
+    try:
+        hash(args)
+    except TypeError:  # e.g. a hand-made Layer holding a list: build it afresh
+        return build(*args)
+    key = (build, *args)
+    if key in _STEP_CACHE:
+        _STEP_CACHE.move_to_end(key)
+        return _STEP_CACHE[key]
+    step = _STEP_CACHE[key] = build(*args)
+    if len(_STEP_CACHE) > _STEP_CACHE_SIZE:
+        _STEP_CACHE.popitem(last=False)
+    return step
+
+
+def _device_tuple(devices) -> tuple:
+    return tuple(jax.devices() if devices is None else devices)
+
+
+def _float32_mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x.astype(jnp.float32))
+
+
+class TrainStep:
+    """The jitted train step `make_train_step` builds; call it as ``step(state, x, y)``.
+
+    ``__call__`` checks the batch, places ``x`` and ``y`` on the ``"data"`` mesh (split along the
+    batch axis) and runs the one compiled computation. It returns ``(new_state, metrics)`` with
+    ``metrics`` a dict of float32 scalars ``loss``, ``accuracy`` and ``grad_norm`` (on device,
+    not yet fetched). The state passed in is donated: do not use it afterwards.
+
+    Attributes:
+        placement: the `Placement` (mesh and shardings) the step runs with.
+        mesh: the ``jax.sharding.Mesh`` (axis ``"data"``) the step runs on.
+        num_devices: number of devices in the mesh.
+        precision: the matmul precision the step was traced under (None: JAX's default).
+        jitted: the underlying ``jax.jit`` function ``(state, x, y) -> (state, metrics)``, for
+            ``.lower(...)`` and ``.compile()``.
+    """
+
+    def __init__(self, jitted, placement: Placement, precision: str | None):
+        self.jitted = jitted
+        self.placement = placement
+        self.mesh = placement.mesh
+        self.num_devices = placement.num_devices
+        self.precision = precision
+
+    def check_batch(self, n: int, where: str) -> None:
+        """ValueError unless a batch of ``n`` examples splits evenly over the mesh's devices."""
+        self.placement.check_batch(n, where)
+
+    def place_state(self, state: TrainState) -> TrainState:
+        """``state`` replicated on every device of the mesh (what the step returns, too)."""
+        return self.placement.place_replicated(state)
+
+    def place_batch(self, x, y):
+        """``(x, y)`` on the mesh, split along the batch axis (``PartitionSpec("data")``)."""
+        self.placement.check_batch(np.shape(x)[0], "train step")
+        return self.placement.place_batch(x, y)
+
+    def lower(self, state: TrainState, x, y):
+        """``jitted.lower`` on placed arguments: ``.compile()`` it to time the compilation."""
+        return self.jitted.lower(state, *self.place_batch(x, y))
+
+    def __call__(self, state: TrainState, x, y):
+        return self.jitted(state, *self.place_batch(x, y))
+
+
+def make_train_step(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    donate: bool = True,
+    precision: str | None = None,
+) -> TrainStep:
+    """Build the jitted train step: forward, softmax cross-entropy, gradients, optax update.
+
+    The step's loss is the mean over the batch of
+    ``optax.softmax_cross_entropy_with_integer_labels(logits, y)``. The model runs batched
+    (`jcnn.layers.batched`) with ``train=True`` and the key ``fold_in(state.key, state.step)``,
+    split into one key per example. The optimizer gets the params too, so weight decay
+    (``optax.adamw``) and schedules work as they do anywhere. The model's new state (BatchNorm
+    running statistics) is kept.
+
+    Args:
+        model: a per-example `jcnn.layers.Layer` producing logits ``(num_classes,)``.
+        optimizer: any optax gradient transformation.
+        devices: devices of the ``"data"`` mesh; default all of ``jax.devices()``.
+        donate: donate the incoming state's buffers to the step (``donate_argnums=0``).
+        precision: None (JAX's default) or one of ``"default"``, ``"high"``, ``"highest"``: the
+            step is traced under ``jax.default_matmul_precision(precision)``.
+
+    Returns:
+        A `TrainStep` ``step(state, x (n, h, w, c) float32, y (n,) int32) -> (state, metrics)``.
+        The same model, optimizer, devices, ``donate`` and precision give back the same
+        step (the last 16 built are kept), so a second `fit` of the same objects reuses the compilation.
+
+    Raises:
+        TypeError: for a non-Layer model or a non-optax optimizer.
+        ValueError: when called with a batch whose size is not a multiple of the device count.
+
+    >>> import jcnn, optax
+    >>> from jcnn.layers import Dense, Flatten, serial
+    >>> model, opt = serial(Flatten(), Dense(10)), optax.sgd(0.1)
+    >>> step = make_train_step(model, opt)
+    >>> state = jcnn.train.init_state(model, opt, 0, (8, 8, 1))
+    >>> x, y = np.zeros((4, 8, 8, 1), np.float32), np.arange(4, dtype=np.int32)
+    >>> state, metrics = step(state, x, y)
+    >>> int(state.step), sorted(metrics), round(float(metrics["loss"]), 4)
+    (1, ['accuracy', 'grad_norm', 'loss'], 2.3026)
+    """
+    where = "make_train_step"
+    check_model(model, where)
+    check_optimizer(optimizer, where)
+    precision = check_precision(precision, where)
+    return _cached(_build_train_step, model, optimizer, _device_tuple(devices), bool(donate), precision)
+
+
+def _build_train_step(model, optimizer, devices, donate, precision) -> TrainStep:
+    apply = batched(model).apply
+    placement = Placement(devices)
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+        with _precision_scope(precision):  # read by every dot/conv traced below
+            return _train_step(state, x, y)
+
+    def _train_step(state: TrainState, x: jax.Array, y: jax.Array):
+        key = jax.random.fold_in(state.key, state.step)
+
+        def loss_fn(params):
+            logits, model_state = apply(params, state.model_state, x, key=key, train=True)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return _float32_mean(loss), (logits, model_state)
+
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": _float32_mean(jnp.argmax(logits, axis=-1) == y),
+            "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+        }
+        new_state = TrainState(params, model_state, opt_state, state.step + 1, state.key)
+        return new_state, metrics
+
+    jitted = jax.jit(
+        train_step,
+        in_shardings=(placement.replicated, placement.batch_sharding, placement.batch_sharding),
+        out_shardings=(placement.replicated, placement.replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+    return TrainStep(jitted, placement, precision)
+
+
+class EvalStep:
+    """The jitted evaluation step `make_eval_step` builds.
+
+    ``step(params, model_state, x, y, mask)`` returns a dict of on-device sums over the examples
+    where ``mask`` is true: ``loss`` (float32, summed cross-entropy) and ``correct`` (int32).
+
+    Attributes:
+        placement, mesh, num_devices, precision, jitted: as for `TrainStep`.
+    """
+
+    def __init__(self, jitted, placement: Placement, precision: str | None):
+        self.jitted = jitted
+        self.placement = placement
+        self.mesh = placement.mesh
+        self.num_devices = placement.num_devices
+        self.precision = precision
+
+    def __call__(self, params, model_state, x, y, mask):
+        self.placement.check_batch(np.shape(x)[0], "eval step")
+        return self.jitted(params, model_state, *self.placement.place_batch(x, y, mask))
+
+    def lower(self, state: TrainState, x, y, *, batch_size: int):
+        """``jitted.lower`` for batches of ``batch_size`` rows shaped like ``x`` / ``y``'s rows."""
+        size = _round_up(batch_size, self.num_devices)
+        x = np.zeros((size, *np.shape(x)[1:]), np.asarray(x).dtype)
+        y = np.zeros((size, *np.shape(y)[1:]), np.asarray(y).dtype)
+        placed = self.placement.place_batch(x, y, np.ones(size, bool))
+        return self.jitted.lower(state.params, state.model_state, *placed)
+
+
+def make_eval_step(
+    model: Layer, *, devices: Sequence[jax.Device] | None = None, precision: str | None = None
+) -> EvalStep:
+    """Build the jitted evaluation step: forward with ``train=False``, masked sums of loss and hits.
+
+    Args:
+        model: a per-example `jcnn.layers.Layer` producing logits ``(num_classes,)``.
+        devices: devices of the ``"data"`` mesh; default all of ``jax.devices()``.
+        precision: as for `make_train_step`.
+
+    Returns:
+        An `EvalStep`; `evaluate` drives it over a whole dataset. As with `make_train_step`, the
+        same model and devices give back the same step.
+    """
+    check_model(model, "make_eval_step")
+    precision = check_precision(precision, "make_eval_step")
+    return _cached(_build_eval_step, model, _device_tuple(devices), precision)
+
+
+def _build_eval_step(model, devices, precision) -> EvalStep:
+    apply = batched(model).apply
+    placement = Placement(devices)
+
+    def eval_step(params, model_state, x, y, mask):
+        with _precision_scope(precision):
+            logits, _ = apply(params, model_state, x, key=None, train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        hit = jnp.argmax(logits, axis=-1) == y
+        return {
+            # `where`, not `mask *`: a padded row's loss may be anything, NaN included.
+            "loss": jnp.sum(jnp.where(mask, loss, 0.0).astype(jnp.float32)),
+            "correct": jnp.sum(jnp.logical_and(mask, hit).astype(jnp.int32)),
+        }
+
+    b, r = placement.batch_sharding, placement.replicated
+    jitted = jax.jit(eval_step, in_shardings=(r, r, b, b, b), out_shardings=r)
+    return EvalStep(jitted, placement, precision)
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def evaluate(
+    eval_step: EvalStep | Layer,
+    state: TrainState,
+    images,
+    labels,
+    *,
+    batch_size: int = 512,
+) -> dict:
+    """Mean loss and accuracy of ``state``'s model over ``(images, labels)``, in fixed batches.
+
+    Every batch has ``batch_size`` rows (rounded up to a multiple of the device count): the
+    last one is padded with zeros and masked out of the sums, so there is one compilation
+    whatever the dataset size and the means are exact. Sums are fetched once, at the end.
+
+    Args:
+        eval_step: an `EvalStep` from `make_eval_step`, or the model itself (its step is
+            built once and reused, see `make_eval_step`).
+        state: a `TrainState` (its ``params`` and ``model_state`` are used).
+        images: ``(n, h, w, c)`` float32.
+        labels: ``(n,)`` integer labels.
+        batch_size: rows per evaluation batch.
+
+    Returns:
+        ``{"loss": float, "accuracy": float, "count": int}``; loss and accuracy are NaN when
+        ``n == 0``.
+
+    >>> import jcnn, optax
+    >>> from jcnn.layers import Dense, Flatten, serial
+    >>> model = serial(Flatten(), Dense(10))
+    >>> state = jcnn.train.init_state(model, optax.sgd(0.1), 0, (8, 8, 1))
+    >>> x, y = np.zeros((5, 8, 8, 1), np.float32), np.zeros(5, np.int32)
+    >>> result = evaluate(make_eval_step(model), state, x, y, batch_size=2)
+    >>> round(result["loss"], 4), result["count"]
+    (2.3026, 5)
+    """
+    if isinstance(eval_step, Layer):
+        eval_step = make_eval_step(eval_step)
+    if not isinstance(eval_step, EvalStep):
+        raise TypeError(
+            f"evaluate: `eval_step` must be an EvalStep or a Layer, got {type(eval_step).__name__}."
+        )
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.shape[:1] != labels.shape[:1]:
+        raise ValueError(
+            f"evaluate: `images` and `labels` must have the same length along axis 0, got shapes "
+            f"{images.shape} and {labels.shape}."
+        )
+    size = _round_up(as_int(batch_size, "evaluate", "batch_size", minimum=1), eval_step.num_devices)
+    n = images.shape[0]
+    sums = []
+    for x, y in jdata.batches(images, labels, size, shuffle=False):
+        b = x.shape[0]
+        mask = np.arange(size) < b
+        if b < size:
+            x = np.concatenate([x, np.zeros((size - b, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros((size - b, *y.shape[1:]), y.dtype)])
+        sums.append(eval_step(state.params, state.model_state, x, y, mask))
+    sums = jax.device_get(sums)
+    loss = math.fsum(float(s["loss"]) for s in sums)
+    correct = sum(int(s["correct"]) for s in sums)
+    nan = float("nan")
+    return {"loss": loss / n if n else nan, "accuracy": correct / n if n else nan, "count": n}
