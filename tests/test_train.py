@@ -93,12 +93,12 @@ def test_train_step_loss_falls_and_donates(digits):
     state = step.place_state(train.init_state(model, opt, 0, (8, 8, 1)))
     x, y = digits.train.images[:64], digits.train.labels[:64]
     losses = []
-    for _ in range(30):
+    for _ in range(60):  # 30 steps left 4 of 64 wrong on some random streams; 60 memorise the batch
         old = state
         state, metrics = step(state, x, y)
         losses.append(float(metrics["loss"]))
     assert old.params[1]["kernel"].is_deleted()  # the state passed in was donated
-    assert int(state.step) == 30
+    assert int(state.step) == 60
     assert losses[-1] < 0.25 * losses[0], losses
     # Training metrics see dropout; the evaluation (train=False) of the fitted batch is clean.
     assert train.evaluate(model, state, x, y)["accuracy"] > 0.95
