@@ -1027,7 +1027,7 @@ def test_integer_input_says_cast(x, kernel, bias, name, op):
     fn = conv if op == "conv" else conv_transpose
     if op == "conv_transpose":
         kernel = np.ones((3, 3, 3, 4), kernel.dtype)
-    with pytest.raises(TypeError, match=rf"`{name}` has dtype .*cast") as e:
+    with pytest.raises(TypeError, match=rf"`{name}` must have a floating-point .*dtype, got .*; cast") as e:
         fn(x, kernel, bias)
     assert_jcnn_error(e.value)
 

@@ -150,8 +150,8 @@ def test_seed_flops():
 @pytest.mark.parametrize(
     "kernel, cin, cout, groups, match",
     [
-        (3, 3, 4, 2, r"input channels \(3\).*groups \(2\)"),
-        (3, 4, 3, 2, r"out_channels \(3\).*groups \(2\)"),
+        (3, 3, 4, 2, r"input channels \(3\).*`groups` \(2\)"),
+        (3, 4, 3, 2, r"out_channels \(3\).*`groups` \(2\)"),
         (3, 4, 4, 0, r"`groups` must be >= 1, got 0"),
         (0, 4, 4, 1, r"kernel_size"),
     ],
