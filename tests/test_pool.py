@@ -240,7 +240,8 @@ def test_shape_agreement(kind, spatial, window, strides, padding, dilation, ceil
     if kind == "max":  # avg and lp outputs are shape-checked against torch below
         assert f(x).shape == (2, *expected, 3)
     assert jax.eval_shape(f, x).shape == (2, *expected, 3)
-    geometry = shapes.pool_geometry(x.shape, window, strides, padding, dilation, ceil_mode=ceil_mode)
+    spec = shapes.pool_spec(window, strides, padding, dilation, ceil_mode=ceil_mode)
+    geometry = shapes.pool_geometry(spec, x.shape)
     assert geometry.out_shape == (2, *expected, 3)
 
 
@@ -840,7 +841,7 @@ def test_no_layout_shuffles(name):
     [(name, jnp.bfloat16, 2**-8) for name in OPS]
     + [(name, jnp.float32, 1e-6) for name in ("avg_pool", "lp_pool", "adaptive_avg_pool", "global_avg_pool")],
 )
-def test_low_precision_dtypes(name, dtype, rtol):
+def test_low_precision_dtypes(name, dtype, rtol, x64):
     # The same inputs (rounded to `dtype`) in float64: only the result's rounding may differ.
     x = jnp.asarray(distinct((2, 5, 7, 2), seed=4, positive=True)).astype(dtype)
     y = OPS[name](x)

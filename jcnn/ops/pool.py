@@ -20,7 +20,8 @@ Semantics that differ between frameworks, fixed here to PyTorch's:
   ``divisor_override`` replaces both. Padding names (``"SAME"``...) resolve to explicit
   ``(lo, hi)`` pairs first, so ``"SAME"`` with ``count_include_pad=False`` gives TensorFlow's
   SAME average pool.
-- Padding is at most half the window on each side (`jcnn.shapes.pool_spec`, PyTorch's rule), so a window cannot start or end in padding alone.
+- Padding is at most half the window on each side (`jcnn.shapes.pool_spec`, PyTorch's rule),
+  so a window cannot start or end in padding alone.
 - Adaptive windows: output ``i`` of a dim of size ``W`` pools ``[floor(i*W/O), ceil((i+1)*W/O))``.
 """
 
