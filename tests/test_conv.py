@@ -847,6 +847,28 @@ def test_auto_impl_matches_xla():
     np.testing.assert_allclose(conv(x, k, b, impl="auto", padding=1), conv(x, k, b, padding=1), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "kernel_shape, dtype, backend, want",
+    [
+        ((3, 3, 2, 4), jnp.float32, "cpu", "im2col"),
+        ((3, 3, 3, 2, 4), jnp.float64, "cpu", "im2col"),
+        ((3, 3, 2, 4), jnp.bfloat16, "cpu", "xla"),  # issue 10: im2col is up to 10x slower there
+        ((3, 3, 2, 4), jnp.float16, "cpu", "xla"),
+        ((3, 2, 4), jnp.float32, "cpu", "xla"),
+        ((3, 3, 2, 4), jnp.float32, "gpu", "xla"),
+    ],
+)
+def test_auto_impl_rule(kernel_shape, dtype, backend, want):
+    d = len(kernel_shape) - 2
+    spec = shapes.conv_spec(kernel_shape[:d])
+    geo = shapes.conv_geometry(spec, (2,) + (8,) * d + (2,), kernel_shape)
+    assert conv_module().auto_impl(geo, backend, dtype) == want
+
+
+def conv_module():
+    return importlib.import_module("jcnn.ops.conv")
+
+
 def test_errors_are_raised_under_jit():
     x, k = rng_arrays(0, (6, 6, 3), (3, 3, 3, 4))
     with pytest.raises(ShapeError, match=r"`strides` must be >= 1, got 0") as e:
