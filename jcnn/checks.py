@@ -191,7 +191,11 @@ _CATEGORIES = {
 }
 
 
-def _category(dtype: np.dtype) -> str:
+def _category(dtype) -> str:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # jax's extended dtypes (PRNG keys) are no numpy dtypes
+        return "other"
     if dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")):
         return "float"
     if dtype.kind == "V" and dtype.name.startswith(("int", "uint")):
@@ -224,7 +228,7 @@ def as_array(value, where: str, name: str, dtypes: str = "float"):
                 f"{where}: `{name}` must be an array (or nested lists of numbers of one shape), got"
                 f" {type(value).__name__} {value!r:.60}."
             ) from None
-    if _category(np.dtype(value.dtype)) not in allowed:
+    if _category(value.dtype) not in allowed:
         raise TypeError(
             f"{where}: `{name}` must have a {words} dtype, got {value.dtype}; cast it first,"
             f" e.g. `{name}.astype(jnp.float32)`."

@@ -405,9 +405,8 @@ def conv_transpose_output_size(
     7
     """
     w = checks.as_int(size, where, "size", minimum=1)
-    spec = conv_transpose_spec(
-        (kernel_size,), stride, (_pair(padding, where),), output_padding, dilation, where=where
-    )
+    one_dim = padding if isinstance(padding, str) else (padding,)  # an int or one (lo, hi) pair
+    spec = conv_transpose_spec((kernel_size,), stride, one_dim, output_padding, dilation, where=where)
     ((lo, hi),) = spec.crop
     return _transpose_size(
         w, spec.kernel_size[0], spec.strides[0], lo, hi, spec.output_padding[0], spec.dilation[0], where
