@@ -57,17 +57,15 @@ def _window_pool(
 
     def info(input_shape):
         g = geometry(input_shape)
-        warning = None
-        unread = [True]
-        if spec.ceil_mode:
-            unread = [
-                _unread(w, k, s, p[0], r, o)
-                for w, k, s, p, r, o in zip(
-                    g.in_spatial, window, g.strides, g.padding, g.dilation, g.out_spatial
-                )
-            ]
-        if any(unread):
-            warning = shapes.fit_warning(g.in_spatial, window, g.strides, g.padding, g.dilation)
+        # A ceil_mode window may read the pixels the floor rule leaves: warn only when some
+        # input pixel is still never read.
+        unread = not spec.ceil_mode or any(
+            _unread(w, k, s, p[0], r, o)
+            for w, k, s, p, r, o in zip(g.in_spatial, window, g.strides, g.padding, g.dilation, g.out_spatial)
+        )
+        warning = (
+            shapes.fit_warning(g.in_spatial, window, g.strides, g.padding, g.dilation) if unread else None
+        )
         return LayerInfo(
             g.out_shape,
             0,
