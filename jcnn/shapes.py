@@ -1,5 +1,7 @@
 """Shape arithmetic for jcnn: padding forms, output sizes, the fit explainer, parameter, FLOP
-and memory counts, receptive fields. Owns every shape error message.
+and memory counts, receptive fields, and the frozen hyperparameter specs (`ConvSpec`,
+`ConvTransposeSpec`, `PoolSpec`, `AdaptivePoolSpec`) with the geometry they give an input shape.
+Owns every shape error message.
 
 Pure Python integers only; this module never imports ``jax.numpy``, so everything in it is free
 under ``jit`` and usable without a device.
@@ -10,14 +12,22 @@ every peer (PyTorch, XLA, Keras)::
     out = floor((W + lo + hi - dilation*(F-1) - 1) / S) + 1
 
 For symmetric padding ``P`` and no dilation this is the seed's ``(W - F + 2P)/S + 1``.
+
+Hyperparameters are parsed once: a ``*_spec`` builder checks every hyperparameter and returns a
+frozen, canonical spec (layers build theirs in the constructor, the public ops on each call);
+the ``*_geometry`` functions take a spec and the arrays' shapes, check the shapes only, and
+never re-canonicalise. The public size helpers (`conv_output_size`, `pool_output_shape`, ...)
+canonicalise their loose arguments and run the same arithmetic.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import NamedTuple, Union
+
+from jcnn import checks
+from jcnn.checks import ShapeError
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
@@ -43,7 +53,9 @@ __all__ = [
     "conv_transpose_output_shape",
     "pool_output_shape",
     "adaptive_windows",
+    "adaptive_output_shape",
     "explain_fit",
+    "fit_warning",
     "conv_params",
     "dense_params",
     "conv_flops",
@@ -52,28 +64,30 @@ __all__ = [
     "pool_flops",
     "activation_bytes",
     "receptive_field_step",
+    "ConvSpec",
+    "ConvTransposeSpec",
+    "PoolSpec",
+    "AdaptivePoolSpec",
+    "ConvGeometry",
+    "ConvTransposeGeometry",
+    "PoolGeometry",
+    "AdaptivePoolGeometry",
+    "conv_spec",
+    "conv_transpose_spec",
+    "pool_spec",
+    "adaptive_pool_spec",
+    "global_pool_spec",
+    "conv_geometry",
+    "conv_transpose_geometry",
+    "pool_geometry",
+    "adaptive_pool_geometry",
+    "check_input",
 ]
 
 
-class ShapeError(ValueError):
-    """A shape, size or hyperparameter that does not fit; raised before XLA sees the call."""
-
-
 # --------------------------------------------------------------------------------------------
-# Canonicalisation
+# Canonicalisation of loose hyperparameters
 # --------------------------------------------------------------------------------------------
-
-
-def _as_int(value, where: str, name: str) -> int:
-    """Exact Python int from an int-like (numpy ints too); bools and floats are TypeErrors."""
-    if isinstance(value, bool):
-        raise TypeError(f"{where}: `{name}` must be an int, got the bool {value!r}.")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{where}: `{name}` must be an int, got {value!r} of type {type(value).__name__}."
-        ) from None
 
 
 def canonicalize_window(size, where: str = "conv", name: str = "kernel_size") -> Shape:
@@ -86,15 +100,7 @@ def canonicalize_window(size, where: str = "conv", name: str = "kernel_size") ->
     >>> canonicalize_window((5,))
     (5,)
     """
-    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence):
-        k = _as_int(size, where, name)
-        size = (k, k)
-    if len(size) == 0:
-        raise ShapeError(f"{where}: `{name}` must have at least one spatial dim, got ().")
-    out = tuple(_as_int(k, where, name) for k in size)
-    if any(k < 1 for k in out):
-        raise ShapeError(f"{where}: every entry of `{name}` must be >= 1, got {tuple(size)}.")
-    return out
+    return checks.as_ints(size, None, where, name, minimum=1)
 
 
 def canonicalize_ints(value, d: int, where: str, name: str, *, minimum: int = 1) -> Shape:
@@ -103,19 +109,7 @@ def canonicalize_ints(value, d: int, where: str, name: str, *, minimum: int = 1)
     >>> canonicalize_ints(2, 2, "conv", "strides")
     (2, 2)
     """
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        v = _as_int(value, where, name)
-        out = (v,) * d
-    else:
-        if len(value) != d:
-            raise ShapeError(
-                f"{where}: `{name}` must be an int or a tuple of {d} ints (one per spatial dim),"
-                f" got {tuple(value)!r} of length {len(value)}."
-            )
-        out = tuple(_as_int(v, where, name) for v in value)
-    if any(v < minimum for v in out):
-        raise ShapeError(f"{where}: every entry of `{name}` must be >= {minimum}, got {value!r}.")
-    return out
+    return checks.as_ints(value, d, where, name, minimum=minimum)
 
 
 def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> str | tuple[Pair, ...]:
@@ -124,7 +118,8 @@ def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> s
     Accepted: an int (same on both sides of every dim), a tuple of ``d`` ints, a tuple of ``d``
     ``(lo, hi)`` pairs, or one of ``"VALID"``, ``"SAME"`` (the odd pixel goes high, as in
     TensorFlow), ``"SAME_LOWER"`` (it goes low), ``"CAUSAL"`` (1-D: all padding low).
-    Names are case-insensitive.
+    Names are case-insensitive. The specs call this once per construction; nothing else in
+    jcnn canonicalises padding again.
 
     >>> canonicalize_padding(1, 2)
     ((1, 1), (1, 1))
@@ -144,9 +139,13 @@ def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> s
                 f" pass explicit (lo, hi) pairs instead."
             )
         return name
+
+    def side(v) -> int:
+        return checks.as_int(v, where, "padding", maximum=checks.MAX_INT)
+
     try:
         if not isinstance(padding, Sequence):
-            p = _as_int(padding, where, "padding")
+            p = side(padding)
             pairs = ((p, p),) * d
         else:
             if len(padding) != d:
@@ -162,9 +161,9 @@ def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> s
                             f"{where}: `padding` must be {forms}; got {padding!r}, whose entry"
                             f" {entry!r} is not a (lo, hi) pair."
                         )
-                    pairs.append((_as_int(entry[0], where, "padding"), _as_int(entry[1], where, "padding")))
+                    pairs.append((side(entry[0]), side(entry[1])))
                 else:
-                    p = _as_int(entry, where, "padding")
+                    p = side(entry)
                     pairs.append((p, p))
             pairs = tuple(pairs)
     except TypeError:
@@ -175,12 +174,12 @@ def canonicalize_padding(padding: PaddingLike, d: int, where: str = "conv") -> s
 
 
 def canonicalize_padding_mode(mode: str, where: str = "conv") -> str:
-    """``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (case-insensitive)."""
-    if not isinstance(mode, str) or mode.lower() not in PADDING_MODES:
-        raise ValueError(
-            f"{where}: `padding_mode` must be one of {', '.join(map(repr, PADDING_MODES))}; got {mode!r}."
-        )
-    return mode.lower()
+    """``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (case-insensitive).
+
+    >>> canonicalize_padding_mode("Reflect")
+    'reflect'
+    """
+    return checks.one_of(mode, PADDING_MODES, where, "padding_mode", case_insensitive=True)
 
 
 def _effective(kernel: int, dilation: int) -> int:
@@ -192,6 +191,21 @@ def _same_pair(size: int, kernel: int, stride: int, dilation: int, lower: bool) 
     total = max((out - 1) * stride + _effective(kernel, dilation) - size, 0)
     small, big = total // 2, total - total // 2
     return (big, small) if lower else (small, big)
+
+
+def _resolve(canon, in_spatial, kernel_size, strides, dilation) -> tuple[Pair, ...]:
+    """Concrete pairs from canonical padding (a name or pairs): the arithmetic, no checks."""
+    if not isinstance(canon, str):
+        return canon
+    d = len(kernel_size)
+    if canon == "VALID":
+        return ((0, 0),) * d
+    if canon == "CAUSAL":
+        return ((_effective(kernel_size[0], dilation[0]) - 1, 0),)
+    lower = canon == "SAME_LOWER"
+    return tuple(
+        _same_pair(w, k, s, r, lower) for w, k, s, r in zip(in_spatial, kernel_size, strides, dilation)
+    )
 
 
 def resolve_padding(
@@ -210,17 +224,8 @@ def resolve_padding(
     >>> resolve_padding("SAME", (7,), (4,), (1,), (1,))
     ((1, 2),)
     """
-    d = len(kernel_size)
-    canon = canonicalize_padding(padding, d, where)
-    if not isinstance(canon, str):
-        return canon
-    if canon == "VALID":
-        return ((0, 0),) * d
-    if canon == "CAUSAL":
-        return ((_effective(kernel_size[0], dilation[0]) - 1, 0),)
-    lower = canon == "SAME_LOWER"
-    return tuple(
-        _same_pair(w, k, s, r, lower) for w, k, s, r in zip(in_spatial, kernel_size, strides, dilation)
+    return _resolve(
+        canonicalize_padding(padding, len(kernel_size), where), in_spatial, kernel_size, strides, dilation
     )
 
 
@@ -230,11 +235,56 @@ def resolve_padding(
 
 
 def _pair(padding, where: str) -> Pair:
+    """One dim's padding (an int or a ``(lo, hi)`` pair) as a checked pair."""
     if isinstance(padding, Sequence) and not isinstance(padding, str):
         (pair,) = canonicalize_padding((tuple(padding),), 1, where)
         return pair
     (pair,) = canonicalize_padding(padding, 1, where)
     return pair
+
+
+def _output_size(
+    w: int,
+    k: int,
+    s: int,
+    lo: int,
+    hi: int,
+    r: int,
+    *,
+    ceil_mode: bool = False,
+    exact: bool = False,
+    where: str,
+    what: str = "kernel",
+    label: str = "",
+) -> int:
+    """The output length of one dim from canonical ints: the arithmetic and its shape errors.
+
+    ``what`` names the sliding thing in messages (``"kernel"`` or ``"window"``); ``label``
+    says which dim of which input, for ``exact``'s message.
+    """
+    keff = _effective(k, r)
+    span = w + lo + hi - keff
+    # ceil_mode lets windows overhang the right edge, even the first one: PyTorch gives
+    # ceil(span / S) + 1 >= 1 outputs whenever span > -S (e.g. a 3x3/3 ceil pool of a 2x2 input).
+    if span < 0 and not (ceil_mode and span > -s):
+        dil = f" (dilation {r} makes it {keff} wide)" if r > 1 else ""
+        raise ShapeError(
+            f"{where}: the {what} of size {k}{dil} is larger than the padded input of size"
+            f" {w + lo + hi} (input {w} + padding {lo} + {hi}); use a smaller {what} or more padding."
+        )
+    if exact:
+        report = _explain(w, k, s, lo, hi, r)
+        if not report.fits or report.unused:
+            raise ShapeError(f"{where}: {label + ': ' if label else ''}exact=True, but {report.message}")
+    floor_out = span // s + 1 if span >= 0 else 0
+    if ceil_mode:
+        out = -(-span // s) + 1
+        # PyTorch drops the extra ceil window when it would start in the right padding; the
+        # windows the floor rule already counts always stay.
+        if out > floor_out and (out - 1) * s >= w + lo:
+            out -= 1
+        return max(out, floor_out)
+    return floor_out
 
 
 def conv_output_size(
@@ -275,7 +325,7 @@ def conv_output_size(
     >>> conv_output_size(32, 5)
     28
     """
-    w = _as_int(size, where, "size")
+    w = checks.as_int(size, where, "size")
     if w < 1:
         raise ShapeError(f"{where}: input size must be >= 1, got {size!r}.")
     (k,) = canonicalize_window((kernel_size,), where)
@@ -285,30 +335,16 @@ def conv_output_size(
         ((lo, hi),) = resolve_padding(padding, (w,), (k,), (s,), (r,), where)
     else:
         lo, hi = _pair(padding, where)
-    keff = _effective(k, r)
-    span = w + lo + hi - keff
-    # ceil_mode lets windows overhang the right edge, even the first one: PyTorch gives
-    # ceil(span / S) + 1 >= 1 outputs whenever span > -S (e.g. a 3x3/3 ceil pool of a 2x2 input).
-    if span < 0 and not (ceil_mode and span > -s):
-        dil = f" (dilation {r} makes it {keff} wide)" if r > 1 else ""
-        what = "window" if "pool" in where else "kernel"
-        raise ShapeError(
-            f"{where}: the {what} of size {k}{dil} is larger than the padded input of size"
-            f" {w + lo + hi} (input {w} + padding {lo} + {hi}); use a smaller {what} or more padding."
-        )
-    if exact:
-        report = explain_fit(w, k, s, (lo, hi), r)
-        if not report.fits or report.unused:
-            raise ShapeError(f"{where}: exact=True, but {report.message}")
-    floor_out = span // s + 1 if span >= 0 else 0
-    if ceil_mode:
-        out = -(-span // s) + 1
-        # PyTorch drops the extra ceil window when it would start in the right padding; the
-        # windows the floor rule already counts always stay.
-        if out > floor_out and (out - 1) * s >= w + lo:
-            out -= 1
-        return max(out, floor_out)
-    return floor_out
+    ceil_mode = checks.as_bool(ceil_mode, where, "ceil_mode")
+    exact = checks.as_bool(exact, where, "exact")
+    return _output_size(w, k, s, lo, hi, r, ceil_mode=ceil_mode, exact=exact, where=where)
+
+
+def _check_spatial_rank(in_spatial, d: int, what: str, where: str) -> Shape:
+    in_spatial = checks.as_ints(tuple(in_spatial), len(in_spatial), where, "in_spatial")
+    if len(in_spatial) != d:
+        raise ShapeError(f"{where}: the input has {len(in_spatial)} spatial dims {in_spatial} but {what}.")
+    return in_spatial
 
 
 def conv_output_shape(
@@ -322,25 +358,33 @@ def conv_output_shape(
     exact: bool = False,
     where: str = "conv",
 ) -> Shape:
-    """Output spatial shape of a d-D convolution or pooling (``d = len(kernel_size)``).
+    """Output spatial shape of a d-D convolution (``d = len(kernel_size)``).
 
     >>> conv_output_shape((32, 32), (5, 5))
     (28, 28)
     """
     kernel_size = canonicalize_window(kernel_size, where)
     d = len(kernel_size)
-    if len(in_spatial) != d:
-        raise ShapeError(
-            f"{where}: the input has {len(in_spatial)} spatial dims {tuple(in_spatial)} but the"
-            f" kernel has {d} {kernel_size}."
-        )
+    in_spatial = _check_spatial_rank(in_spatial, d, f"the kernel has {d} {kernel_size}", where)
     strides = canonicalize_ints(strides, d, where, "strides")
     dilation = canonicalize_ints(dilation, d, where, "dilation")
     pads = resolve_padding(padding, in_spatial, kernel_size, strides, dilation, where)
+    ceil_mode = checks.as_bool(ceil_mode, where, "ceil_mode")
+    exact = checks.as_bool(exact, where, "exact")
     return tuple(
-        conv_output_size(w, k, s, p, r, ceil_mode=ceil_mode, exact=exact, where=where)
-        for w, k, s, p, r in zip(in_spatial, kernel_size, strides, pads, dilation)
+        _output_size(w, k, s, lo, hi, r, ceil_mode=ceil_mode, exact=exact, where=where)
+        for w, k, s, (lo, hi), r in zip(in_spatial, kernel_size, strides, pads, dilation)
     )
+
+
+def _transpose_size(w: int, k: int, s: int, lo: int, hi: int, op: int, r: int, where: str) -> int:
+    out = (w - 1) * s - (lo + hi) + r * (k - 1) + op + 1
+    if out < 1:
+        raise ShapeError(
+            f"{where}: padding ({lo}, {hi}) is too large for an input of size {w} with kernel"
+            f" size {k} and stride {s}: the output would have size {out}."
+        )
+    return out
 
 
 def conv_transpose_output_size(
@@ -360,14 +404,13 @@ def conv_transpose_output_size(
     >>> conv_transpose_output_size(3, 3, stride=2)
     7
     """
-    lo, hi = _pair(padding, where)
-    out = (size - 1) * stride - (lo + hi) + dilation * (kernel_size - 1) + output_padding + 1
-    if out < 1:
-        raise ShapeError(
-            f"{where}: padding ({lo}, {hi}) is too large for an input of size {size} with kernel"
-            f" size {kernel_size} and stride {stride}: the output would have size {out}."
-        )
-    return out
+    w = checks.as_int(size, where, "size", minimum=1)
+    one_dim = padding if isinstance(padding, str) else (padding,)  # an int or one (lo, hi) pair
+    spec = conv_transpose_spec((kernel_size,), stride, one_dim, output_padding, dilation, where=where)
+    ((lo, hi),) = spec.crop
+    return _transpose_size(
+        w, spec.kernel_size[0], spec.strides[0], lo, hi, spec.output_padding[0], spec.dilation[0], where
+    )
 
 
 def conv_transpose_output_shape(
@@ -383,36 +426,13 @@ def conv_transpose_output_shape(
     """Output spatial shape of a d-D transposed convolution; see `conv_transpose_output_size`.
 
     ``output_padding`` must be smaller than the stride or the dilation (PyTorch's rule).
+
+    >>> conv_transpose_output_shape((3, 3), 3, 2, 1, 1)
+    (6, 6)
     """
-    kernel_size = canonicalize_window(kernel_size, where)
-    d = len(kernel_size)
-    if len(in_spatial) != d:
-        raise ShapeError(
-            f"{where}: the input has {len(in_spatial)} spatial dims {tuple(in_spatial)} but the"
-            f" kernel has {d} {kernel_size}."
-        )
-    strides = canonicalize_ints(strides, d, where, "strides")
-    dilation = canonicalize_ints(dilation, d, where, "dilation")
-    output_padding = canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
-    if isinstance(padding, str):
-        if padding.upper() != "VALID":
-            raise ValueError(
-                f"{where}: `padding` must be an int, a tuple of {d} ints or (lo, hi) pairs, or"
-                f" 'VALID'; got {padding!r} (transposed convs take PyTorch's numeric padding)."
-            )
-        padding = 0
-    pads = canonicalize_padding(padding, d, where)
-    for op, s, r in zip(output_padding, strides, dilation):
-        if op >= max(s, r):
-            raise ShapeError(
-                f"{where}: `output_padding` must be smaller than the stride or the dilation,"
-                f" got output_padding={output_padding} with strides={strides} and"
-                f" dilation={dilation}."
-            )
-    return tuple(
-        conv_transpose_output_size(w, k, s, p, op, r, where=where)
-        for w, k, s, p, op, r in zip(in_spatial, kernel_size, strides, pads, output_padding, dilation)
-    )
+    spec = conv_transpose_spec(kernel_size, strides, padding, output_padding, dilation, where=where)
+    in_spatial = _check_spatial_rank(in_spatial, spec.d, f"the kernel has {spec.d} {spec.kernel_size}", where)
+    return _transpose_out(spec, in_spatial, where)
 
 
 def pool_output_shape(
@@ -433,22 +453,15 @@ def pool_output_shape(
     >>> pool_output_shape((28, 28), (2, 2))
     (14, 14)
     """
-    window_shape = canonicalize_window(window_shape, where, "window_shape")
-    d = len(window_shape)
-    strides = window_shape if strides is None else canonicalize_ints(strides, d, where, "strides")
-    dilation = canonicalize_ints(dilation, d, where, "dilation")
-    pads = resolve_padding(padding, in_spatial, window_shape, strides, dilation, where)
-    if not isinstance(padding, str):  # names (SAME...) never make a window of padding alone
-        check_pool_padding(pads, window_shape, dilation, where)
-    return conv_output_shape(
-        in_spatial, window_shape, strides, pads, dilation, ceil_mode=ceil_mode, where=where
-    )
+    spec = pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
+    d = len(spec.window_shape)
+    in_spatial = _check_spatial_rank(in_spatial, d, f"the window has {d} {spec.window_shape}", where)
+    return _pool_out(spec, in_spatial, where)[1]
 
 
-def check_pool_padding(pads, window_shape, dilation, where: str = "pool") -> None:
+def check_pool_padding(pads, window_shape, where: str = "pool") -> None:
     """PyTorch's rule: pooling padding at most ``window_shape // 2`` on each side (the window
     before dilation, as PyTorch checks it), so no window reads padding alone."""
-    del dilation  # PyTorch bounds the padding by the undilated window
     for (lo, hi), k in zip(pads, window_shape):
         half = k // 2
         if lo > half or hi > half:
@@ -465,6 +478,20 @@ def adaptive_windows(size: int, output_size: int) -> tuple[Pair, ...]:
     ((0, 2), (1, 4), (3, 5))
     """
     return tuple(((i * size) // output_size, -(-((i + 1) * size) // output_size)) for i in range(output_size))
+
+
+def adaptive_output_shape(in_spatial: Sequence[int], output_size, where: str = "adaptive_pool") -> Shape:
+    """Output spatial shape of an adaptive pool; ``None`` entries keep the input's size.
+
+    Outputs larger than the input are allowed (PyTorch: windows of one or two pixels repeat).
+
+    >>> adaptive_output_shape((5, 7), (None, 3))
+    (5, 3)
+    """
+    spec = adaptive_pool_spec(output_size, where)
+    d = len(spec.output_size)
+    in_spatial = _check_spatial_rank(in_spatial, d, f"`output_size` has {d} {spec.output_size}", where)
+    return _adaptive_out(spec, in_spatial)
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,26 +519,10 @@ def _fmt(x: float) -> str:
     return f"{x:.0f}" if x == int(x) else f"{x:.2f}"
 
 
-def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilation: int = 1) -> FitReport:
-    """Explain, with the seed's arithmetic, whether a stride fits an input.
-
-    >>> r = explain_fit(7, 3, 3)
-    >>> r.fits, r.output_size, r.unused
-    (False, 2, 1)
-    >>> "(7 - 3 + 2*0)/3 + 1 = 2.33" in r.message
-    True
-    """
-    where = "explain_fit"
-    w = _as_int(size, where, "size")
-    (k,) = canonicalize_window((kernel_size,), where)
-    (s,) = canonicalize_ints(stride, 1, where, "stride")
-    (r,) = canonicalize_ints(dilation, 1, where, "dilation")
-    if isinstance(padding, str):
-        ((lo, hi),) = resolve_padding(padding, (w,), (k,), (s,), (r,), where)
-    else:
-        lo, hi = _pair(padding, where)
+def _explain(w: int, k: int, s: int, lo: int, hi: int, r: int) -> FitReport:
+    """`explain_fit` on canonical ints (the geometry's ``exact`` rule uses it too)."""
     keff = _effective(k, r)
-    out = conv_output_size(w, k, s, (lo, hi), r, where=where)
+    out = _output_size(w, k, s, lo, hi, r, where="explain_fit")
     exact_out = (w - keff + lo + hi) / s + 1
     read = set()
     for i in range(out):
@@ -549,9 +560,61 @@ def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilatio
     return FitReport(fits, out, exact_out, unused, tuple(suggestions), msg)
 
 
+def explain_fit(size: int, kernel_size: int, stride: int = 1, padding=0, dilation: int = 1) -> FitReport:
+    """Explain, with the seed's arithmetic, whether a stride fits an input.
+
+    >>> r = explain_fit(7, 3, 3)
+    >>> r.fits, r.output_size, r.unused
+    (False, 2, 1)
+    >>> "(7 - 3 + 2*0)/3 + 1 = 2.33" in r.message
+    True
+    """
+    where = "explain_fit"
+    w = checks.as_int(size, where, "size", minimum=1)
+    (k,) = canonicalize_window((kernel_size,), where)
+    (s,) = canonicalize_ints(stride, 1, where, "stride")
+    (r,) = canonicalize_ints(dilation, 1, where, "dilation")
+    if isinstance(padding, str):
+        ((lo, hi),) = resolve_padding(padding, (w,), (k,), (s,), (r,), where)
+    else:
+        lo, hi = _pair(padding, where)
+    return _explain(w, k, s, lo, hi, r)
+
+
+def fit_warning(in_spatial, kernel_size, strides, pads, dilation) -> str | None:
+    """`explain_fit`'s words for the spatial dims where a stride leaves input unread, or None.
+
+    Takes a geometry's canonical values (concrete ``(lo, hi)`` pairs); the summary shows it.
+
+    >>> fit_warning((7, 9), (3, 3), (3, 3), ((0, 0), (0, 0)), (1, 1))[:40]
+    'spatial dim 0: stride 3 does not fit a 7'
+    """
+    by_message: dict[str, list[int]] = {}
+    for i, (w, k, s, (lo, hi), r) in enumerate(zip(in_spatial, kernel_size, strides, pads, dilation)):
+        report = _explain(w, k, s, lo, hi, r)
+        if report.unused:
+            by_message.setdefault(report.message, []).append(i)
+    notes = [
+        f"spatial dim{'s' if len(dims) > 1 else ''} {', '.join(map(str, dims))}: {message}"
+        for message, dims in by_message.items()
+    ]
+    return " ".join(notes) if notes else None
+
+
 # --------------------------------------------------------------------------------------------
 # Parameter, FLOP and memory counts
 # --------------------------------------------------------------------------------------------
+
+
+def _conv_params(kernel_size: Shape, in_channels: int, out_channels: int, groups: int, bias: bool) -> int:
+    return math.prod(kernel_size) * (in_channels // groups) * out_channels + (out_channels if bias else 0)
+
+
+def _conv_flops(
+    out_spatial, kernel_size: Shape, in_channels: int, out_channels: int, groups: int, bias: bool
+) -> int:
+    outputs = math.prod(out_spatial) * out_channels
+    return outputs * (2 * math.prod(kernel_size) * (in_channels // groups) + (1 if bias else 0))
 
 
 def conv_params(
@@ -564,9 +627,12 @@ def conv_params(
     >>> conv_params(5, 3, 10)
     760
     """
-    ks = canonicalize_window(kernel_size, "conv_params")
-    check_groups(in_channels, out_channels, groups, "conv_params")
-    return math.prod(ks) * (in_channels // groups) * out_channels + (out_channels if bias else 0)
+    where = "conv_params"
+    ks = canonicalize_window(kernel_size, where)
+    g = checks.as_int(groups, where, "groups", minimum=1)
+    checks.divisible(in_channels, g, where, "input channels")
+    checks.divisible(out_channels, g, where, "out_channels")
+    return _conv_params(ks, in_channels, out_channels, g, bias)
 
 
 def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> int:
@@ -578,17 +644,6 @@ def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> i
     return in_features * out_features + (out_features if bias else 0)
 
 
-def check_groups(in_channels: int, out_channels: int, groups: int, where: str) -> None:
-    """Both channel counts must be divisible by ``groups``."""
-    g = _as_int(groups, where, "groups")
-    if g < 1:
-        raise ShapeError(f"{where}: `groups` must be >= 1, got {groups}.")
-    if in_channels % g:
-        raise ShapeError(f"{where}: input channels ({in_channels}) must be divisible by groups ({g}).")
-    if out_channels % g:
-        raise ShapeError(f"{where}: out_channels ({out_channels}) must be divisible by groups ({g}).")
-
-
 def conv_flops(
     out_spatial, kernel_size, in_channels: int, out_channels: int, *, groups: int = 1, bias: bool = True
 ) -> int:
@@ -598,8 +653,15 @@ def conv_flops(
     588000
     """
     ks = canonicalize_window(kernel_size, "conv_flops")
-    outputs = math.prod(out_spatial) * out_channels
-    return outputs * (2 * math.prod(ks) * (in_channels // groups) + (1 if bias else 0))
+    return _conv_flops(out_spatial, ks, in_channels, out_channels, groups, bias)
+
+
+def _conv_transpose_flops(
+    in_spatial, kernel_size, in_channels, out_channels, groups, bias, out_spatial
+) -> int:
+    macs = math.prod(in_spatial) * in_channels * math.prod(kernel_size) * (out_channels // groups)
+    adds = math.prod(out_spatial) * out_channels if (bias and out_spatial is not None) else 0
+    return 2 * macs + adds
 
 
 def conv_transpose_flops(
@@ -612,11 +674,13 @@ def conv_transpose_flops(
     bias: bool = True,
     out_spatial=None,
 ) -> int:
-    """FLOPs of a transposed convolution: every input pixel scatters one kernel (2 per MAC)."""
+    """FLOPs of a transposed convolution: every input pixel scatters one kernel (2 per MAC).
+
+    >>> conv_transpose_flops((3, 3), 3, 4, 2, bias=False)
+    1296
+    """
     ks = canonicalize_window(kernel_size, "conv_transpose_flops")
-    macs = math.prod(in_spatial) * in_channels * math.prod(ks) * (out_channels // groups)
-    adds = math.prod(out_spatial) * out_channels if (bias and out_spatial is not None) else 0
-    return 2 * macs + adds
+    return _conv_transpose_flops(in_spatial, ks, in_channels, out_channels, groups, bias, out_spatial)
 
 
 def dense_flops(in_features: int, out_features: int, *, bias: bool = True) -> int:
@@ -686,12 +750,243 @@ def receptive_field_step(
 
 
 # --------------------------------------------------------------------------------------------
-# Whole-op geometry: validates array shapes against hyperparameters, in the user's words
+# Specs: hyperparameters checked and canonicalised once
 # --------------------------------------------------------------------------------------------
 
 
+class ConvSpec(NamedTuple):
+    """A convolution's canonical hyperparameters (build with `conv_spec`)."""
+
+    kernel_size: Shape
+    strides: Shape
+    padding: str | tuple[Pair, ...]  # an upper-case name (resolved per input) or d (lo, hi) pairs
+    dilation: Shape
+    groups: int
+    padding_mode: str  # "zeros", "reflect", "replicate" or "circular"
+    exact: bool  # refuse inputs that the windows do not tile exactly
+
+    @property
+    def d(self) -> int:
+        return len(self.kernel_size)
+
+
+def conv_spec(
+    kernel_size,
+    *,
+    strides=1,
+    padding: PaddingLike = 0,
+    dilation=1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    exact: bool = False,
+    where: str = "conv",
+) -> ConvSpec:
+    """Check a convolution's hyperparameters once and return them canonical.
+
+    ``kernel_size``: an int (square 2-D) or d ints; the rest as in `jcnn.ops.conv`.
+
+    >>> conv_spec(5, padding=2)
+    ConvSpec(kernel_size=(5, 5), strides=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1), groups=1, padding_mode='zeros', exact=False)
+    """
+    ks = canonicalize_window(kernel_size, where)
+    d = len(ks)
+    return ConvSpec(
+        ks,
+        canonicalize_ints(strides, d, where, "strides"),
+        canonicalize_padding(padding, d, where),
+        canonicalize_ints(dilation, d, where, "dilation"),
+        checks.as_int(groups, where, "groups", minimum=1),
+        canonicalize_padding_mode(padding_mode, where),
+        checks.as_bool(exact, where, "exact"),
+    )
+
+
+class ConvTransposeSpec(NamedTuple):
+    """A transposed convolution's canonical hyperparameters (build with `conv_transpose_spec`)."""
+
+    kernel_size: Shape
+    strides: Shape
+    crop: tuple[Pair, ...]  # PyTorch's `padding`: (lo, hi) rows cropped from the full output
+    output_padding: Shape  # extra rows on the high side
+    dilation: Shape
+    groups: int
+
+    @property
+    def d(self) -> int:
+        return len(self.kernel_size)
+
+
+def conv_transpose_spec(
+    kernel_size,
+    strides=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    where: str = "conv_transpose",
+) -> ConvTransposeSpec:
+    """Check a transposed convolution's hyperparameters once (PyTorch's ConvTranspose rules).
+
+    ``padding`` is PyTorch's crop: an int, d ints, d ``(lo, hi)`` pairs or ``"VALID"`` (= 0);
+    ``output_padding`` must be smaller than the stride or the dilation.
+
+    >>> conv_transpose_spec(3, 2, 1, 1).crop
+    ((1, 1), (1, 1))
+    """
+    ks = canonicalize_window(kernel_size, where)
+    d = len(ks)
+    strides = canonicalize_ints(strides, d, where, "strides")
+    dilation = canonicalize_ints(dilation, d, where, "dilation")
+    output_padding = canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
+    crop = canonicalize_padding(padding, d, where)
+    if isinstance(crop, str):
+        if crop != "VALID":
+            raise ValueError(
+                f"{where}: `padding` must be an int, a tuple of {d} ints or (lo, hi) pairs, or"
+                f" 'VALID'; got {padding!r} (transposed convs take PyTorch's numeric padding)."
+            )
+        crop = ((0, 0),) * d
+    for op, s, r in zip(output_padding, strides, dilation):
+        if op >= max(s, r):
+            raise ShapeError(
+                f"{where}: `output_padding` must be smaller than the stride or the dilation,"
+                f" got output_padding={output_padding} with strides={strides} and"
+                f" dilation={dilation}."
+            )
+    groups = checks.as_int(groups, where, "groups", minimum=1)
+    return ConvTransposeSpec(ks, strides, crop, output_padding, dilation, groups)
+
+
+class PoolSpec(NamedTuple):
+    """A windowed pool's canonical hyperparameters (build with `pool_spec`)."""
+
+    window_shape: Shape
+    strides: Shape  # the window's shape when the user gave None
+    padding: str | tuple[Pair, ...]  # an upper-case name or d (lo, hi) pairs, at most half the window
+    dilation: Shape
+    ceil_mode: bool
+    count_include_pad: bool = True  # average pooling's divisor at borders
+    divisor_override: int | None = None  # average pooling's fixed divisor (nonzero)
+
+    @property
+    def d(self) -> int:
+        return len(self.window_shape)
+
+
+def pool_spec(
+    window_shape,
+    strides=None,
+    padding: PaddingLike = 0,
+    dilation=1,
+    *,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    where: str = "pool",
+) -> PoolSpec:
+    """Check a pooling op's hyperparameters once (PyTorch's rules); ``strides=None`` means
+    strides = window, numeric padding is at most half the window on each side.
+
+    >>> pool_spec(2)
+    PoolSpec(window_shape=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1), ceil_mode=False, count_include_pad=True, divisor_override=None)
+    """
+    window = canonicalize_window(window_shape, where, "window_shape")
+    d = len(window)
+    strides = window if strides is None else canonicalize_ints(strides, d, where, "strides")
+    dilation = canonicalize_ints(dilation, d, where, "dilation")
+    padding = canonicalize_padding(padding, d, where)
+    if not isinstance(padding, str):  # names (SAME...) never make a window of padding alone
+        check_pool_padding(padding, window, where)
+    ceil_mode = checks.as_bool(ceil_mode, where, "ceil_mode")
+    count_include_pad = checks.as_bool(count_include_pad, where, "count_include_pad")
+    if divisor_override is not None:
+        # Any nonzero int, as in PyTorch (a negative one flips the sign).
+        divisor_override = checks.as_int(
+            divisor_override, where, "divisor_override", minimum=-checks.MAX_INT, what="None or an int"
+        )
+        if divisor_override == 0:
+            raise ValueError(f"{where}: `divisor_override` must be nonzero (or None), got 0.")
+    return PoolSpec(window, strides, padding, dilation, ceil_mode, count_include_pad, divisor_override)
+
+
+class AdaptivePoolSpec(NamedTuple):
+    """An adaptive pool's output size: per dim an int >= 1, or None to keep the input's size."""
+
+    output_size: tuple[int | None, ...]
+
+    @property
+    def d(self) -> int:
+        return len(self.output_size)
+
+
+def adaptive_pool_spec(output_size, where: str = "adaptive_pool") -> AdaptivePoolSpec:
+    """An adaptive pool's ``output_size``: an int (square 2-D) or d entries, each an int >= 1
+    or ``None`` (keep that dim's input size, as in PyTorch).
+
+    >>> adaptive_pool_spec(7)
+    AdaptivePoolSpec(output_size=(7, 7))
+    >>> adaptive_pool_spec((None, 3)).output_size
+    (None, 3)
+    """
+    if isinstance(output_size, (str, bytes)) or not isinstance(output_size, Sequence):
+        return AdaptivePoolSpec(checks.as_ints(output_size, None, where, "output_size"))
+    if len(output_size) == 0:
+        raise ShapeError(f"{where}: `output_size` must have at least one spatial dim, got ().")
+    kept = [i for i, o in enumerate(output_size) if o is not None]
+    sizes = checks.as_ints(tuple(output_size[i] for i in kept), len(kept), where, "output_size", minimum=None)
+    if any(o < 1 for o in sizes):
+        raise ShapeError(
+            f"{where}: every entry of `output_size` must be >= 1 (or None to keep that dim),"
+            f" got {tuple(output_size)!r}."
+        )
+    out: list[int | None] = [None] * len(output_size)
+    for i, o in zip(kept, sizes):
+        out[i] = o
+    return AdaptivePoolSpec(tuple(out))
+
+
+def global_pool_spec(spatial_dims, where: str = "global_pool") -> int:
+    """A global pool's only hyperparameter: how many dims before the channel dim are spatial.
+
+    >>> global_pool_spec(2)
+    2
+    """
+    return checks.as_int(
+        spatial_dims, where, "spatial_dims", minimum=1, what="an int (the number of spatial dims)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry: a spec and the arrays' shapes -> concrete sizes. Shapes are checked, never the spec.
+# --------------------------------------------------------------------------------------------
+
+
+def check_input(x_shape, d: int, source: str, where: str) -> Shape:
+    """``x`` must be ``(*batch, *spatial, c)`` with ``d`` spatial dims, every one of them >= 1.
+
+    The one rank check of the ops and the layers' ``apply``: any number of leading batch dims.
+    ``source`` says where ``d`` came from, e.g. ``"`window_shape` (2, 2) has 2"``.
+
+    >>> check_input((4, 28, 28, 1), 2, "`window_shape` (2, 2) has 2", "max_pool")
+    (4, 28, 28, 1)
+    """
+    x_shape = tuple(x_shape)
+    if len(x_shape) < d + 1:
+        hint = (
+            " A single-channel input needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""
+        )
+        raise ShapeError(
+            f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
+            f" ({source}), got shape {x_shape}.{hint}"
+        )
+    if any(s < 1 for s in x_shape[-(d + 1) :]):
+        raise ShapeError(f"{where}: every spatial and channel dim of `x` must be >= 1, got shape {x_shape}.")
+    return x_shape
+
+
 class ConvGeometry(NamedTuple):
-    """Everything a conv op needs, checked and made concrete from shapes alone."""
+    """Everything a conv op needs for one input shape, checked and made concrete."""
 
     batch_shape: Shape  # leading batch dims of x (possibly ())
     in_spatial: Shape
@@ -701,6 +996,7 @@ class ConvGeometry(NamedTuple):
     strides: Shape
     dilation: Shape
     padding: tuple[Pair, ...]  # concrete (lo, hi) per spatial dim
+    padding_mode: str
     out_spatial: Shape
     groups: int
 
@@ -708,29 +1004,36 @@ class ConvGeometry(NamedTuple):
     def out_shape(self) -> Shape:
         return self.batch_shape + self.out_spatial + (self.out_channels,)
 
+    def params(self, bias: bool) -> int:
+        """Learnable parameters: ``prod(F) * c_in/groups * c_out (+ c_out)``."""
+        return _conv_params(self.kernel_size, self.in_channels, self.out_channels, self.groups, bias)
 
-def _check_kernel_rank(kernel_shape, where: str, layout: str) -> int:
+    def flops(self, bias: bool) -> int:
+        """FLOPs of one example (a multiply-add is 2, a bias add 1)."""
+        return _conv_flops(
+            self.out_spatial, self.kernel_size, self.in_channels, self.out_channels, self.groups, bias
+        )
+
+
+def _check_kernel(kernel_shape, kernel_size: Shape, where: str, layout: str) -> Shape:
+    kernel_shape = tuple(kernel_shape)
+    d = len(kernel_size)
+    if len(kernel_shape) != d + 2 or kernel_shape[:d] != kernel_size:
+        raise ShapeError(
+            f"{where}: `kernel` must have shape {layout} with kernel_size {kernel_size}, got shape {kernel_shape}."
+        )
+    return kernel_shape
+
+
+def kernel_size_of(kernel_shape, where: str, layout: str) -> Shape:
+    """The spatial part of an op's kernel shape (an op's spatial rank comes from its kernel)."""
+    kernel_shape = tuple(kernel_shape)
     if len(kernel_shape) < 3:
         raise ShapeError(
             f"{where}: `kernel` must have shape {layout} with at least one spatial dim, got"
-            f" shape {tuple(kernel_shape)}."
+            f" shape {kernel_shape}."
         )
-    return len(kernel_shape) - 2
-
-
-def _check_input_rank(x_shape, d: int, kernel_shape, where: str) -> None:
-    if len(x_shape) < d + 1:
-        hint = (
-            " A single-channel image needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""
-        )
-        raise ShapeError(
-            f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
-            f" (the kernel's shape {tuple(kernel_shape)} has {d}), got shape {tuple(x_shape)}.{hint}"
-        )
-    if any(s < 1 for s in x_shape[-(d + 1) :]):
-        raise ShapeError(
-            f"{where}: every spatial and channel dim of `x` must be >= 1, got shape {tuple(x_shape)}."
-        )
+    return kernel_shape[:-2]
 
 
 def _check_bias(bias_shape, out_channels: int, where: str) -> None:
@@ -759,141 +1062,157 @@ def _check_padding_mode(mode: str, pads, in_spatial, where: str) -> None:
                 )
 
 
+CONV_KERNEL_LAYOUT = "(*kernel_size, c_in // groups, c_out)"
+CONV_TRANSPOSE_KERNEL_LAYOUT = "(*kernel_size, c_in, c_out // groups)"
+
+
 def conv_geometry(
-    x_shape,
-    kernel_shape,
-    bias_shape=None,
-    *,
-    strides=1,
-    padding: PaddingLike = 0,
-    dilation=1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-    exact: bool = False,
-    where: str = "conv",
+    spec: ConvSpec, x_shape, kernel_shape, bias_shape=None, *, where: str = "conv"
 ) -> ConvGeometry:
-    """Check a convolution's arguments and compute its concrete geometry.
+    """A convolution's concrete geometry for these shapes: checks the shapes, not the spec.
 
     ``x``: ``(*batch, *spatial, c_in)``; ``kernel``: ``(*kernel_size, c_in // groups, c_out)``.
 
-    >>> g = conv_geometry((32, 32, 3), (5, 5, 3, 10))
+    >>> g = conv_geometry(conv_spec(5), (32, 32, 3), (5, 5, 3, 10))
     >>> g.out_shape
     (28, 28, 10)
     """
-    d = _check_kernel_rank(kernel_shape, where, "(*kernel_size, c_in // groups, c_out)")
-    _check_input_rank(x_shape, d, kernel_shape, where)
-    kernel_size = canonicalize_window(tuple(kernel_shape[:d]), where)
-    in_spatial = tuple(x_shape[-(d + 1) : -1])
-    c_in, c_out = x_shape[-1], kernel_shape[-1]
+    d = spec.d
+    kernel_shape = _check_kernel(kernel_shape, spec.kernel_size, where, CONV_KERNEL_LAYOUT)
+    x_shape = check_input(x_shape, d, f"the kernel's shape {kernel_shape} has {d}", where)
+    in_spatial = x_shape[-(d + 1) : -1]
+    c_in, c_out, g = x_shape[-1], kernel_shape[-1], spec.groups
     if kernel_shape[-2] < 1 or c_out < 1:
         raise ShapeError(
-            f"{where}: the kernel must have >= 1 input and output channel, got shape {tuple(kernel_shape)}."
+            f"{where}: the kernel must have >= 1 input and output channel, got shape {kernel_shape}."
         )
-    g = _as_int(groups, where, "groups")
-    if g < 1:
-        raise ShapeError(f"{where}: `groups` must be >= 1, got {groups!r}.")
-    if c_in % g:
-        raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
-    if c_out % g:
-        raise ShapeError(
-            f"{where}: out-channels ({c_out}, the kernel's last dim) must be divisible by `groups` ({g})."
-        )
+    checks.divisible(c_in, g, where, "input channels")
+    checks.divisible(c_out, g, where, "the kernel's out-channels")
     if kernel_shape[-2] * g != c_in:
         per = f"{kernel_shape[-2]} per group x {g} groups; " if g > 1 else ""
         raise ShapeError(
-            f"{where}: input has {c_in} channels but the kernel expects"
-            f" {kernel_shape[-2] * g} ({per}kernel shape {tuple(kernel_shape)})."
+            f"{where}: input has {c_in} channels but the kernel expects {kernel_shape[-2] * g}"
+            f" ({per}kernel shape {kernel_shape}, x shape {x_shape})."
         )
     _check_bias(bias_shape, c_out, where)
-    strides = canonicalize_ints(strides, d, where, "strides")
-    dilation = canonicalize_ints(dilation, d, where, "dilation")
-    mode = canonicalize_padding_mode(padding_mode, where)
-    pads = resolve_padding(padding, in_spatial, kernel_size, strides, dilation, where)
-    _check_padding_mode(mode, pads, in_spatial, where)
-    out_spatial = conv_output_shape(
-        in_spatial, kernel_size, strides, pads, dilation, exact=exact, where=where
+    pads = _resolve(spec.padding, in_spatial, spec.kernel_size, spec.strides, spec.dilation)
+    _check_padding_mode(spec.padding_mode, pads, in_spatial, where)
+    out_spatial = tuple(
+        _output_size(
+            w,
+            k,
+            s,
+            lo,
+            hi,
+            r,
+            exact=spec.exact,
+            where=where,
+            label=f"spatial dim {i} of input shape {x_shape}",
+        )
+        for i, (w, k, s, (lo, hi), r) in enumerate(
+            zip(in_spatial, spec.kernel_size, spec.strides, pads, spec.dilation)
+        )
     )
     return ConvGeometry(
-        tuple(x_shape[: -(d + 1)]),
+        x_shape[: -(d + 1)],
         in_spatial,
         c_in,
         c_out,
-        kernel_size,
-        strides,
-        dilation,
+        spec.kernel_size,
+        spec.strides,
+        spec.dilation,
         pads,
+        spec.padding_mode,
         out_spatial,
         g,
+    )
+
+
+class ConvTransposeGeometry(NamedTuple):
+    """Everything a transposed conv op needs for one input shape, checked and made concrete."""
+
+    batch_shape: Shape
+    in_spatial: Shape
+    in_channels: int
+    out_channels: int
+    kernel_size: Shape
+    strides: Shape
+    dilation: Shape
+    crop: tuple[Pair, ...]  # PyTorch's padding: (lo, hi) cropped from the full output
+    output_padding: Shape
+    out_spatial: Shape
+    groups: int
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.batch_shape + self.out_spatial + (self.out_channels,)
+
+    def params(self, bias: bool) -> int:
+        """Learnable parameters: ``prod(F) * c_in * c_out/groups (+ c_out)``."""
+        return _conv_params(self.kernel_size, self.in_channels, self.out_channels, self.groups, bias)
+
+    def flops(self, bias: bool) -> int:
+        """FLOPs of one example: every input pixel scatters one kernel (2 per MAC)."""
+        return _conv_transpose_flops(
+            self.in_spatial,
+            self.kernel_size,
+            self.in_channels,
+            self.out_channels,
+            self.groups,
+            bias,
+            self.out_spatial,
+        )
+
+
+def _transpose_out(spec: ConvTransposeSpec, in_spatial, where: str) -> Shape:
+    return tuple(
+        _transpose_size(w, k, s, lo, hi, op, r, where)
+        for w, k, s, (lo, hi), op, r in zip(
+            in_spatial, spec.kernel_size, spec.strides, spec.crop, spec.output_padding, spec.dilation
+        )
     )
 
 
 def conv_transpose_geometry(
-    x_shape,
-    kernel_shape,
-    bias_shape=None,
-    *,
-    strides=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
-    groups: int = 1,
-    where: str = "conv_transpose",
-) -> ConvGeometry:
-    """Check a transposed convolution's arguments (kernel ``(*k, c_in, c_out // groups)``).
+    spec: ConvTransposeSpec, x_shape, kernel_shape, bias_shape=None, *, where: str = "conv_transpose"
+) -> ConvTransposeGeometry:
+    """A transposed convolution's concrete geometry (kernel ``(*k, c_in, c_out // groups)``).
 
-    ``padding`` in the result holds PyTorch's ``(lo, hi)`` crop of the full output.
-
-    >>> conv_transpose_geometry((3, 3, 4), (3, 3, 4, 2), strides=2).out_shape
+    >>> conv_transpose_geometry(conv_transpose_spec(3, 2), (3, 3, 4), (3, 3, 4, 2)).out_shape
     (7, 7, 2)
     """
-    d = _check_kernel_rank(kernel_shape, where, "(*kernel_size, c_in, c_out // groups)")
-    _check_input_rank(x_shape, d, kernel_shape, where)
-    kernel_size = canonicalize_window(tuple(kernel_shape[:d]), where)
-    in_spatial = tuple(x_shape[-(d + 1) : -1])
-    g = _as_int(groups, where, "groups")
-    if g < 1:
-        raise ShapeError(f"{where}: `groups` must be >= 1, got {groups!r}.")
-    c_in = x_shape[-1]
+    d = spec.d
+    kernel_shape = _check_kernel(kernel_shape, spec.kernel_size, where, CONV_TRANSPOSE_KERNEL_LAYOUT)
+    x_shape = check_input(x_shape, d, f"the kernel's shape {kernel_shape} has {d}", where)
+    c_in, g = x_shape[-1], spec.groups
     if kernel_shape[-2] != c_in:
         raise ShapeError(
             f"{where}: input has {c_in} channels but the kernel expects {kernel_shape[-2]}"
-            f" (kernel shape {tuple(kernel_shape)}, laid out (*kernel_size, c_in, c_out // groups))."
+            f" (kernel shape {kernel_shape}, laid out {CONV_TRANSPOSE_KERNEL_LAYOUT}, x shape {x_shape})."
         )
-    if c_in % g:
-        raise ShapeError(f"{where}: input channels ({c_in}) must be divisible by `groups` ({g}).")
+    checks.divisible(c_in, g, where, "input channels")
     if kernel_shape[-1] < 1:
-        raise ShapeError(
-            f"{where}: the kernel must have >= 1 output channel, got shape {tuple(kernel_shape)}."
-        )
+        raise ShapeError(f"{where}: the kernel must have >= 1 output channel, got shape {kernel_shape}.")
     c_out = kernel_shape[-1] * g
     _check_bias(bias_shape, c_out, where)
-    strides = canonicalize_ints(strides, d, where, "strides")
-    dilation = canonicalize_ints(dilation, d, where, "dilation")
-    out_spatial = conv_transpose_output_shape(
-        in_spatial, kernel_size, strides, padding, output_padding, dilation, where=where
-    )
-    pads = canonicalize_padding(0 if isinstance(padding, str) else padding, d, where)
-    return ConvGeometry(
-        tuple(x_shape[: -(d + 1)]),
+    in_spatial = x_shape[-(d + 1) : -1]
+    return ConvTransposeGeometry(
+        x_shape[: -(d + 1)],
         in_spatial,
         c_in,
         c_out,
-        kernel_size,
-        strides,
-        dilation,
-        pads,
-        out_spatial,
+        spec.kernel_size,
+        spec.strides,
+        spec.dilation,
+        spec.crop,
+        spec.output_padding,
+        _transpose_out(spec, in_spatial, where),
         g,
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Pooling geometry (used by jcnn.ops.pool and the pooling layers)
-# --------------------------------------------------------------------------------------------
-
-
 class PoolGeometry(NamedTuple):
-    """Everything a windowed pooling op needs, checked and made concrete from shapes alone."""
+    """Everything a windowed pooling op needs for one input shape, checked and made concrete."""
 
     batch_shape: Shape  # leading batch dims of x (possibly ())
     in_spatial: Shape
@@ -910,113 +1229,77 @@ class PoolGeometry(NamedTuple):
         return self.batch_shape + self.out_spatial + (self.channels,)
 
 
-def _as_bool(value, where: str, name: str) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
-        return bool(value)
-    raise TypeError(f"{where}: `{name}` must be True or False, got {value!r}.")
+def _pool_out(spec: PoolSpec, in_spatial, where: str) -> tuple[tuple[Pair, ...], Shape]:
+    pads = _resolve(spec.padding, in_spatial, spec.window_shape, spec.strides, spec.dilation)
+    out = tuple(
+        _output_size(w, k, s, lo, hi, r, ceil_mode=spec.ceil_mode, where=where, what="window")
+        for w, k, s, (lo, hi), r in zip(in_spatial, spec.window_shape, spec.strides, pads, spec.dilation)
+    )
+    return pads, out
 
 
-def check_pool_input(x_shape, d: int, source: str, where: str = "pool") -> None:
-    """``x`` must be ``(*batch, *spatial, c)`` with ``d`` spatial dims, every one of them >= 1.
+def pool_geometry(spec: PoolSpec, x_shape, *, where: str = "pool") -> PoolGeometry:
+    """A windowed pool's concrete geometry for ``x``'s shape ``(*batch, *spatial, c)``.
 
-    ``source`` says where ``d`` came from, e.g. ``"`window_shape` (2, 2) has 2"``.
-    """
-    x_shape = tuple(x_shape)
-    if len(x_shape) < d + 1:
-        hint = " A single-channel input needs a trailing channel dim: x[..., None]."
-        hint = hint if len(x_shape) == d else ""
-        raise ShapeError(
-            f"{where}: `x` must have shape (*batch, *spatial, channels) with {d} spatial dim(s)"
-            f" ({source}), got shape {x_shape}.{hint}"
-        )
-    if any(s < 1 for s in x_shape[-(d + 1) :]):
-        raise ShapeError(f"{where}: every spatial and channel dim of `x` must be >= 1, got shape {x_shape}.")
+    With ``ceil_mode`` the output size is PyTorch's, and the windows that overhang the right
+    edge read ``lax_padding``'s extra high padding.
 
-
-def pool_geometry(
-    x_shape,
-    window_shape,
-    strides=None,
-    padding: PaddingLike = 0,
-    dilation=1,
-    *,
-    ceil_mode: bool = False,
-    where: str = "pool",
-) -> PoolGeometry:
-    """Check a pooling op's arguments against ``x``'s shape and compute its concrete geometry.
-
-    ``x``: ``(*batch, *spatial, c)``, ``d = len(window_shape)`` spatial dims (an int window is
-    square 2-D). ``strides=None`` means strides = window. With ``ceil_mode`` the output size is
-    PyTorch's, and the windows that overhang the right edge read ``lax_padding``'s extra high
-    padding.
-
-    >>> g = pool_geometry((8, 5, 5, 3), 2, ceil_mode=True)
+    >>> g = pool_geometry(pool_spec(2, ceil_mode=True), (8, 5, 5, 3))
     >>> g.out_shape, g.lax_padding
     ((8, 3, 3, 3), ((0, 1), (0, 1)))
     """
-    window_shape = canonicalize_window(window_shape, where, "window_shape")
-    d = len(window_shape)
-    x_shape = tuple(x_shape)
-    check_pool_input(x_shape, d, f"`window_shape` {window_shape} has {d}", where)
-    strides = window_shape if strides is None else canonicalize_ints(strides, d, where, "strides")
-    dilation = canonicalize_ints(dilation, d, where, "dilation")
-    ceil_mode = _as_bool(ceil_mode, where, "ceil_mode")
+    d = spec.d
+    x_shape = check_input(x_shape, d, f"`window_shape` {spec.window_shape} has {d}", where)
     in_spatial = x_shape[-(d + 1) : -1]
-    pads = resolve_padding(padding, in_spatial, window_shape, strides, dilation, where)
-    out_spatial = pool_output_shape(
-        in_spatial,
-        window_shape,
-        strides,
-        padding if isinstance(padding, str) else pads,
-        dilation,
-        ceil_mode=ceil_mode,
-        where=where,
-    )
+    pads, out_spatial = _pool_out(spec, in_spatial, where)
     lax_pads = tuple(
         (lo, max(hi, (o - 1) * s + _effective(k, r) - w - lo))
-        for (lo, hi), o, s, k, r, w in zip(pads, out_spatial, strides, window_shape, dilation, in_spatial)
+        for (lo, hi), o, s, k, r, w in zip(
+            pads, out_spatial, spec.strides, spec.window_shape, spec.dilation, in_spatial
+        )
     )
-    batch_shape, channels = x_shape[: -(d + 1)], x_shape[-1]
     return PoolGeometry(
-        batch_shape, in_spatial, channels, window_shape, strides, dilation, pads, lax_pads, out_spatial
+        x_shape[: -(d + 1)],
+        in_spatial,
+        x_shape[-1],
+        spec.window_shape,
+        spec.strides,
+        spec.dilation,
+        pads,
+        lax_pads,
+        out_spatial,
     )
 
 
-def canonicalize_output_size(output_size, where: str = "adaptive_pool") -> tuple[int | None, ...]:
-    """An adaptive pool's ``output_size``: an int (square 2-D) or d entries, each an int >= 1
-    or ``None`` (keep that dim's input size, as in PyTorch).
+class AdaptivePoolGeometry(NamedTuple):
+    """An adaptive pool's concrete sizes for one input shape."""
 
-    >>> canonicalize_output_size(7)
-    (7, 7)
-    >>> canonicalize_output_size((None, 3))
-    (None, 3)
+    batch_shape: Shape
+    in_spatial: Shape
+    channels: int
+    out_spatial: Shape
+    windows: tuple[tuple[Pair, ...], ...]  # per dim, `adaptive_windows`: [start, end) of each output
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.batch_shape + self.out_spatial + (self.channels,)
+
+
+def _adaptive_out(spec: AdaptivePoolSpec, in_spatial) -> Shape:
+    return tuple(w if o is None else o for w, o in zip(in_spatial, spec.output_size))
+
+
+def adaptive_pool_geometry(
+    spec: AdaptivePoolSpec, x_shape, *, where: str = "adaptive_pool"
+) -> AdaptivePoolGeometry:
+    """An adaptive pool's output size and windows for ``x``'s shape ``(*batch, *spatial, c)``.
+
+    >>> adaptive_pool_geometry(adaptive_pool_spec((None, 2)), (5, 4, 3)).windows
+    (((0, 1), (1, 2), (2, 3), (3, 4), (4, 5)), ((0, 2), (2, 4)))
     """
-    if isinstance(output_size, (str, bytes)) or not isinstance(output_size, Sequence):
-        o = _as_int(output_size, where, "output_size")
-        output_size = (o, o)
-    if len(output_size) == 0:
-        raise ShapeError(f"{where}: `output_size` must have at least one spatial dim, got ().")
-    out = tuple(None if o is None else _as_int(o, where, "output_size") for o in output_size)
-    if any(o is not None and o < 1 for o in out):
-        raise ShapeError(
-            f"{where}: every entry of `output_size` must be >= 1 (or None to keep that dim),"
-            f" got {tuple(output_size)!r}."
-        )
-    return out
-
-
-def adaptive_output_shape(in_spatial: Sequence[int], output_size, where: str = "adaptive_pool") -> Shape:
-    """Output spatial shape of an adaptive pool; ``None`` entries keep the input's size.
-
-    Outputs larger than the input are allowed (PyTorch: windows of one or two pixels repeat).
-
-    >>> adaptive_output_shape((5, 7), (None, 3))
-    (5, 3)
-    """
-    out = canonicalize_output_size(output_size, where)
-    if len(in_spatial) != len(out):
-        raise ShapeError(
-            f"{where}: the input has {len(in_spatial)} spatial dims {tuple(in_spatial)} but"
-            f" `output_size` has {len(out)} {out}."
-        )
-    return tuple(w if o is None else o for w, o in zip(in_spatial, out))
+    d = spec.d
+    x_shape = check_input(x_shape, d, f"`output_size` {spec.output_size} has {d}", where)
+    in_spatial = x_shape[-(d + 1) : -1]
+    out_spatial = _adaptive_out(spec, in_spatial)
+    windows = tuple(adaptive_windows(w, o) for w, o in zip(in_spatial, out_spatial))
+    return AdaptivePoolGeometry(x_shape[: -(d + 1)], in_spatial, x_shape[-1], out_spatial, windows)

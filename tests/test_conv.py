@@ -273,7 +273,7 @@ SHAPE_CASES = [
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("x_shape, kernel_shape, kwargs", SHAPE_CASES)
-def test_shape_agreement(impl, x_shape, kernel_shape, kwargs):
+def test_shape_agreement(impl, x_shape, kernel_shape, kwargs, x64):
     x, kernel = rng_arrays(0, x_shape, kernel_shape)
     d = len(kernel_shape) - 2
     f = functools.partial(conv, impl=impl, **kwargs)
@@ -332,21 +332,26 @@ def test_conv_transpose_shape_agreement(x_shape, kernel_shape, kwargs):
 @settings(max_examples=max(1, settings().max_examples // 2))
 @given(conv_configs())
 def test_impls_agree(cfg):
-    x, kernel, bias = make_arrays(cfg)
-    kwargs = conv_kwargs(cfg)
-    want = conv(x, kernel, bias, impl="xla", **kwargs)
-    d = kernel.ndim - 2
-    pads = oracle_pads(
-        cfg["padding"], x.shape[-d - 1 : -1], kernel.shape[:d], as_ints(cfg["strides"], d), cfg["dilation"]
-    )
-    out_spatial = shapes.conv_output_shape(
-        x.shape[-d - 1 : -1], kernel.shape[:d], cfg["strides"], pads, cfg["dilation"]
-    )
-    assert want.shape == x.shape[: -d - 1] + out_spatial + kernel.shape[-1:]
-    for impl in ("direct", "im2col"):
-        got = conv(x, kernel, bias, impl=impl, **kwargs)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"impl={impl} {cfg}")
+    with jax.enable_x64(True):  # a float64 oracle
+        x, kernel, bias = make_arrays(cfg)
+        kwargs = conv_kwargs(cfg)
+        want = conv(x, kernel, bias, impl="xla", **kwargs)
+        d = kernel.ndim - 2
+        pads = oracle_pads(
+            cfg["padding"],
+            x.shape[-d - 1 : -1],
+            kernel.shape[:d],
+            as_ints(cfg["strides"], d),
+            cfg["dilation"],
+        )
+        out_spatial = shapes.conv_output_shape(
+            x.shape[-d - 1 : -1], kernel.shape[:d], cfg["strides"], pads, cfg["dilation"]
+        )
+        assert want.shape == x.shape[: -d - 1] + out_spatial + kernel.shape[-1:]
+        for impl in ("direct", "im2col"):
+            got = conv(x, kernel, bias, impl=impl, **kwargs)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"impl={impl} {cfg}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,7 +392,7 @@ def oracle_configs(draw):
     return cfg
 
 
-def test_conv_matches_torch():
+def test_conv_matches_torch(x64):
     torch = pytest.importorskip("torch")
     stats = oracle_stats("conv")
 
@@ -458,7 +463,7 @@ def transpose_configs(draw):
     )
 
 
-def test_conv_transpose_matches_torch():
+def test_conv_transpose_matches_torch(x64):
     torch = pytest.importorskip("torch")
     stats = oracle_stats("conv_transpose")
 
@@ -517,7 +522,7 @@ def test_conv_transpose_matches_torch():
         ((3, 2), (4, 2, 3), dict(dilation=3, output_padding=2, padding=4)),
     ],
 )
-def test_conv_transpose_cases_match_torch(x_shape, kernel_shape, kwargs):
+def test_conv_transpose_cases_match_torch(x_shape, kernel_shape, kwargs, x64):
     torch = pytest.importorskip("torch")
     x, k, b = rng_arrays(20, x_shape, kernel_shape, (kernel_shape[-1] * kwargs.get("groups", 1),))
     d = k.ndim - 2
@@ -562,7 +567,7 @@ def test_non_array_input_names_the_argument(x, kernel, name):
         ((1, 4, 4, 2), (4, 4, 2, 2), ((3, 3), (0, 3)), "circular"),
     ],
 )
-def test_padding_mode_limits_match_torch(x_shape, kernel_shape, padding, mode):
+def test_padding_mode_limits_match_torch(x_shape, kernel_shape, padding, mode, x64):
     torch = pytest.importorskip("torch")
     x, kernel = rng_arrays(3, x_shape, kernel_shape)
     d = kernel.ndim - 2
@@ -643,7 +648,7 @@ def test_golden_gradients(impl, strides, padding, coverage):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_golden_seed_stack(impl):
+def test_golden_seed_stack(impl, x64):
     # 32x32x3 image, one 5x5x3 filter -> 28x28x1; 4 filters -> 28x28x4; ten 5x5x4 -> 24x24x10.
     x = np.ones((32, 32, 3))
     y1 = conv(x, np.ones((5, 5, 3, 1)), impl=impl)
@@ -662,7 +667,7 @@ def test_golden_seed_stack(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_golden_1x1_conv_is_a_dense_layer(impl):
+def test_golden_1x1_conv_is_a_dense_layer(impl, x64):
     x, k = rng_arrays(4, (2, 5, 5, 6), (1, 1, 6, 3))
     np.testing.assert_allclose(conv(x, k, impl=impl), x @ k[0, 0], rtol=1e-13, atol=1e-13)
 
@@ -680,7 +685,7 @@ def test_golden_conv_transpose_by_hand():
     np.testing.assert_array_equal(conv_transpose(x, k, strides=2, padding=((0, 2),))[:, 0], [1, 2, 13])
 
 
-def test_conv_transpose_is_the_gradient_of_conv():
+def test_conv_transpose_is_the_gradient_of_conv(x64):
     # <conv(x, k), y> == <x, conv_transpose(y, k')> where k' swaps in/out channels.
     x, k = rng_arrays(5, (2, 8, 6, 3), (3, 2, 3, 4))
     y = conv(x, k, strides=2, padding=1)
@@ -710,13 +715,13 @@ GRAD_CASES = [
 
 
 @pytest.mark.parametrize("impl, x_shape, kernel_shape, kwargs", GRAD_CASES)
-def test_check_grads_conv(impl, x_shape, kernel_shape, kwargs):
+def test_check_grads_conv(impl, x_shape, kernel_shape, kwargs, x64):
     x, k, b = rng_arrays(8, x_shape, kernel_shape, kernel_shape[-1:])
     f = functools.partial(conv, impl=impl, **kwargs)
     check_grads(f, (x, k, b), order=2, modes=["fwd", "rev"])
 
 
-def test_check_grads_conv_transpose():
+def test_check_grads_conv_transpose(x64):
     x, k, b = rng_arrays(9, (1, 3, 2, 2), (2, 3, 2, 1), (2,))
     f = functools.partial(
         conv_transpose, strides=2, padding=((1, 0), (0, 1)), output_padding=(1, 0), groups=2
@@ -732,7 +737,7 @@ BATCH_CASE = dict(strides=(2, 1), padding="same", groups=2, padding_mode="circul
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_jit_vmap_and_batch_dims(impl):
+def test_jit_vmap_and_batch_dims(impl, x64):
     x, k, b = rng_arrays(10, (2, 3, 6, 5, 4), (2, 2, 2, 6), (6,))
     f = functools.partial(conv, impl=impl, **BATCH_CASE)
     y = f(x, k, b)
@@ -762,7 +767,7 @@ def test_conv_transpose_jit_vmap_batch_dims():
 
 # float32 is accumulated in float32 by every impl; bfloat16 takes the float32-accumulator path.
 @pytest.mark.parametrize("impl, dtype", [("xla", jnp.float32)] + [(i, jnp.bfloat16) for i in IMPLS])
-def test_low_precision_matches_float64(impl, dtype):
+def test_low_precision_matches_float64(impl, dtype, x64):
     x, k, b = rng_arrays(12, (2, 6, 6, 3), (3, 3, 3, 4), (4,))
     xl, kl, bl = (jnp.asarray(a, dtype) for a in (x, k, b))
     kwargs = dict(strides=(1, 2), padding=1, impl=impl)
@@ -813,7 +818,7 @@ def test_no_transpose_of_activations_in_the_conv_transpose_jaxpr(groups):
 
 
 @pytest.mark.parametrize("impl, batch", [("im2col", (5,)), ("direct", (2, 3))])
-def test_chunked_batches_agree(impl, batch, monkeypatch):
+def test_chunked_batches_agree(impl, batch, monkeypatch, x64):
     # The hand-written impls split large batches into chunks (lax.map + checkpoint). Shrink the
     # chunk budget so a tiny batch is split 2 + 2 + 1 (or 4 + 2), and compare values (and the
     # gradients, which recompute the patches: checkpoint).
@@ -840,6 +845,28 @@ def test_chunked_batches_agree(impl, batch, monkeypatch):
 def test_auto_impl_matches_xla():
     x, k, b = rng_arrays(19, (2, 6, 6, 2), (2, 2, 2, 4), (4,))
     np.testing.assert_allclose(conv(x, k, b, impl="auto", padding=1), conv(x, k, b, padding=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, dtype, backend, want",
+    [
+        ((3, 3, 2, 4), jnp.float32, "cpu", "im2col"),
+        ((3, 3, 3, 2, 4), jnp.float64, "cpu", "im2col"),
+        ((3, 3, 2, 4), jnp.bfloat16, "cpu", "xla"),  # issue 10: im2col is up to 10x slower there
+        ((3, 3, 2, 4), jnp.float16, "cpu", "xla"),
+        ((3, 2, 4), jnp.float32, "cpu", "xla"),
+        ((3, 3, 2, 4), jnp.float32, "gpu", "xla"),
+    ],
+)
+def test_auto_impl_rule(kernel_shape, dtype, backend, want):
+    d = len(kernel_shape) - 2
+    spec = shapes.conv_spec(kernel_shape[:d])
+    geo = shapes.conv_geometry(spec, (2,) + (8,) * d + (2,), kernel_shape)
+    assert conv_module().auto_impl(geo, backend, dtype) == want
+
+
+def conv_module():
+    return importlib.import_module("jcnn.ops.conv")
 
 
 def test_errors_are_raised_under_jit():
@@ -1027,7 +1054,7 @@ def test_integer_input_says_cast(x, kernel, bias, name, op):
     fn = conv if op == "conv" else conv_transpose
     if op == "conv_transpose":
         kernel = np.ones((3, 3, 3, 4), kernel.dtype)
-    with pytest.raises(TypeError, match=rf"`{name}` has dtype .*cast") as e:
+    with pytest.raises(TypeError, match=rf"`{name}` must have a floating-point .*dtype, got .*; cast") as e:
         fn(x, kernel, bias)
     assert_jcnn_error(e.value)
 
@@ -1149,7 +1176,7 @@ def _fuzz_result_ok(y, x, kernel, reference):
     np.testing.assert_allclose(y, reference, rtol=1e-10, atol=1e-10)
 
 
-def test_fuzz_conv():
+def test_fuzz_conv(x64):
     torch = pytest.importorskip("torch")
     stats, accepted = oracle_stats("conv (fuzz)"), []
 
@@ -1180,7 +1207,7 @@ def test_fuzz_conv():
     assert len(accepted) >= min_cases() and stats["rejected"] >= min_cases(), stats
 
 
-def test_fuzz_conv_transpose():
+def test_fuzz_conv_transpose(x64):
     torch = pytest.importorskip("torch")
     stats, accepted = oracle_stats("conv_transpose (fuzz)"), []
 
@@ -1250,3 +1277,173 @@ def test_accepts_jax_arrays_and_numpy_ints():
     got = conv(jnp.asarray(x), jnp.asarray(k), strides=np.int64(2), padding=(np.int32(1), (1, np.int64(1))))
     np.testing.assert_array_equal(got, want)
     assert math.prod(got.shape) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Layers take whole batches; nothing inside JAX or Python fails first (issues 9 and 11)
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_batch_cases():
+    from jcnn.layers import Conv, ConvTranspose
+
+    return {
+        "conv-im2col": (Conv(4, 3, strides=2, padding=1, impl="im2col"), (7, 6, 3)),
+        "conv-direct-reflect": (
+            Conv(4, (3, 2), padding="same", padding_mode="reflect", impl="direct"),
+            (5, 6, 2),
+        ),
+        "conv-xla-groups": (Conv(4, 3, groups=2, dilation=2, impl="xla"), (7, 7, 2)),
+        "conv-auto-1d": (Conv(3, (3,), padding="causal"), (9, 2)),
+        "conv_transpose": (ConvTranspose(4, 3, strides=2, padding=1, output_padding=1, groups=2), (4, 5, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_layer_batch_cases()))
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+def test_conv_layers_take_leading_batch_dims(name, batch):
+    layer, shape = _layer_batch_cases()[name]
+    out_shape, params, state = layer.init(jax.random.key(0), shape)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=batch + shape), jnp.float32)
+    y, new_state = layer.apply(params, state, x)
+    assert y.shape == batch + out_shape and new_state == state
+    flat = x.reshape((-1,) + shape)
+    loop = jnp.stack([layer.apply(params, state, xi)[0] for xi in flat]).reshape(y.shape)
+    np.testing.assert_allclose(y, loop, rtol=1e-5, atol=1e-5)
+    if batch:
+        one = jax.vmap(lambda xi: layer.apply(params, state, xi)[0])
+        np.testing.assert_allclose(y, one(flat).reshape(y.shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "direct"])
+def test_conv_layer_chunks_the_batch_it_receives(impl, monkeypatch):
+    # Inside a model the op now sees the whole batch, so the hand-written impls' chunking
+    # (lax.map over cache-sized chunks) fires: the jaxpr has a loop, and the numbers are the
+    # loop over examples and the vmap of the per-example apply.
+    from jcnn.layers import Conv
+
+    conv_module = importlib.import_module("jcnn.ops.conv")
+    layer = Conv(3, 2, padding=1, impl=impl)
+    _, params, state = layer.init(jax.random.key(1), (6, 5, 2))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 6, 5, 2)), jnp.float32)
+    per_example = 7 * 6 * 4 * 2 * 4  # out pixels x taps x c_in x itemsize (float32)
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", 2 * per_example + 1)
+    apply = functools.partial(layer.apply, params, state)
+    prims = {str(e.primitive) for e in jax.make_jaxpr(apply)(x).jaxpr.eqns}
+    assert prims & {"scan", "while"}, prims
+    y = apply(x)[0]
+    loop = jnp.stack([apply(xi)[0] for xi in x])
+    vmapped = jax.vmap(lambda xi: apply(xi)[0])(x)
+    np.testing.assert_allclose(y, loop, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, vmapped, rtol=1e-5, atol=1e-5)
+
+
+HUGE = 2**63
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x, k: conv(x, k, strides=HUGE), r"^conv: every entry of `strides` must be <= 2147483647"),
+        (lambda x, k: conv(x, k, strides=(1, HUGE)), r"^conv: every entry of `strides` must be <= "),
+        (lambda x, k: conv(x, k, dilation=HUGE), r"^conv: every entry of `dilation` must be <= "),
+        (lambda x, k: conv(x, k, padding=HUGE), r"^conv: `padding` must be <= "),
+        (lambda x, k: conv(x, k, padding=((0, HUGE), (0, 0))), r"^conv: `padding` must be <= "),
+        (lambda x, k: conv(x, k, groups=HUGE), r"^conv: `groups` must be <= "),
+        (
+            lambda x, k: conv_transpose(x, k, strides=HUGE),
+            r"^conv_transpose: every entry of `strides` must be <= ",
+        ),
+        (lambda x, k: conv_transpose(x, k, padding=HUGE), r"^conv_transpose: `padding` must be <= "),
+        (
+            lambda x, k: conv_transpose(x, k, output_padding=-HUGE),
+            r"^conv_transpose: every entry of `output_padding`",
+        ),
+        (lambda x, k: conv(None, k), r"^conv: `x` must be an array, got NoneType None"),
+        (lambda x, k: conv("abc", k), r"^conv: `x` must be an array, got str 'abc'"),
+        (
+            lambda x, k: conv(np.array(["a", "b"]), k),
+            r"^conv: `x` must have a floating-point .*dtype, got <U1",
+        ),
+        (
+            lambda x, k: conv(np.array([object()]), k),
+            r"^conv: `x` must have a floating-point .*dtype, got object",
+        ),
+        (lambda x, k: conv([[1.0, 2.0], [3.0]], k), r"^conv: `x` must be an array \(or nested lists"),
+        (lambda x, k: conv(x, None), r"^conv: `kernel` must be an array, got NoneType"),
+        (lambda x, k: conv(x, k, bias="b"), r"^conv: `bias` must be an array, got str"),
+        (
+            lambda x, k: conv_transpose(x, np.array([[["k"]]])),
+            r"^conv_transpose: `kernel` must have a floating",
+        ),
+    ],
+)
+def test_fuzz_classes_get_jcnn_errors(call, match):
+    # Issue 11: huge ints, None, strings and string/object arrays used to fail inside JAX or
+    # Python (a TypeError on slice strides, an OverflowError, "must be an array, got ndarray").
+    x, k = np.ones((2, 6, 6, 2)), np.ones((3, 3, 2, 2))
+    with pytest.raises((TypeError, ValueError), match=match) as e:
+        call(x, k)
+    assert_jcnn_error(e.value)
+
+
+@pytest.mark.parametrize(
+    "make, x, error, match",
+    [
+        (
+            lambda L: L.Conv(4, 3, strides=HUGE),
+            None,
+            ValueError,
+            r"^Conv: every entry of `strides` must be <= ",
+        ),
+        (
+            lambda L: L.ConvTranspose(4, 3, strides=HUGE),
+            None,
+            ValueError,
+            r"^ConvTranspose: every entry of `strides`",
+        ),
+        (
+            lambda L: L.ConvTranspose(4, 3, dilation=(1, HUGE)),
+            None,
+            ValueError,
+            r"^ConvTranspose: every entry of",
+        ),
+        (lambda L: L.Conv(HUGE, 3), None, ValueError, r"^Conv: `out_channels` must be <= "),
+        (lambda L: L.Conv(4, 3), None, TypeError, r"^Conv: `x` must be an array, got NoneType"),
+        (lambda L: L.Conv(4, 3), "abc", TypeError, r"^Conv: `x` must be an array, got str"),
+        (
+            lambda L: L.Conv(4, 3),
+            np.full((5, 5, 2), "a"),
+            TypeError,
+            r"^Conv: `x` must have a floating-point",
+        ),
+        (
+            lambda L: L.ConvTranspose(4, 3),
+            np.full((5, 5, 2), None),
+            TypeError,
+            r"^ConvTranspose: `x` must have a",
+        ),
+        (
+            lambda L: L.Conv(4, 3),
+            [[1.0] * 2] * 2,
+            ValueError,
+            r"^Conv: `x` must have shape \(\*batch, \*spatial",
+        ),
+    ],
+)
+def test_fuzz_classes_get_jcnn_errors_from_layers(make, x, error, match):
+    from jcnn import layers
+
+    with pytest.raises(error, match=match):
+        layer = make(layers)
+        _, params, state = layer.init(jax.random.key(0), (5, 5, 2))
+        layer.apply(params, state, x)
+
+
+def test_conv_layer_accepts_nested_lists():
+    from jcnn.layers import Conv
+
+    layer = Conv(2, 2)
+    _, params, state = layer.init(jax.random.key(0), (3, 3, 1))
+    x = np.arange(18.0).reshape(2, 3, 3, 1)
+    np.testing.assert_allclose(layer.apply(params, state, x.tolist())[0], layer.apply(params, state, x)[0])

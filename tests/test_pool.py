@@ -240,7 +240,8 @@ def test_shape_agreement(kind, spatial, window, strides, padding, dilation, ceil
     if kind == "max":  # avg and lp outputs are shape-checked against torch below
         assert f(x).shape == (2, *expected, 3)
     assert jax.eval_shape(f, x).shape == (2, *expected, 3)
-    geometry = shapes.pool_geometry(x.shape, window, strides, padding, dilation, ceil_mode=ceil_mode)
+    spec = shapes.pool_spec(window, strides, padding, dilation, ceil_mode=ceil_mode)
+    geometry = shapes.pool_geometry(spec, x.shape)
     assert geometry.out_shape == (2, *expected, 3)
 
 
@@ -320,7 +321,7 @@ TORCH_PARAMS = [(d, *case) for d, cases in TORCH_CASES.items() for case in cases
     [("max", ceil, *case) for case in TORCH_PARAMS for ceil in (False, True)]
     + [("min", True, *case) for case in (TORCH_PARAMS[1], TORCH_PARAMS[7], TORCH_PARAMS[-1])],
 )
-def test_max_min_pool_match_torch(kind, d, spatial, window, strides, padding, dilation, ceil_mode):
+def test_max_min_pool_match_torch(kind, d, spatial, window, strides, padding, dilation, ceil_mode, x64):
     x = distinct((2, *spatial, 3), seed=d)
     oracle_or_both_refuse(
         lambda: torch_pool(kind, x, window, strides, padding, dilation=dilation, ceil_mode=ceil_mode),
@@ -338,7 +339,7 @@ def test_max_min_pool_match_torch(kind, d, spatial, window, strides, padding, di
     "d, spatial, window, strides, padding, dilation", [c for c in TORCH_PARAMS if c[-1] == 1]
 )
 def test_avg_pool_matches_torch(
-    d, spatial, window, strides, padding, dilation, ceil_mode, count_include_pad, divisor_override
+    d, spatial, window, strides, padding, dilation, ceil_mode, count_include_pad, divisor_override, x64
 ):
     x = distinct((2, *spatial, 3), seed=d)
     oracle_or_both_refuse(
@@ -370,7 +371,7 @@ def test_avg_pool_matches_torch(
     "spatial, window, strides",
     [((8,), (3,), (2,)), ((2,), (4,), (3,)), ((7, 6), (3, 2), (2, 3)), ((5, 4, 3), (2, 2, 2), None)],
 )
-def test_lp_pool_matches_torch(spatial, window, strides, ceil_mode, p):
+def test_lp_pool_matches_torch(spatial, window, strides, ceil_mode, p, x64):
     # Positive inputs: sums of x**p stay positive, so every p gives a number.
     x = distinct((2, *spatial, 3), seed=len(spatial), positive=True)
     oracle_or_both_refuse(
@@ -380,7 +381,7 @@ def test_lp_pool_matches_torch(spatial, window, strides, ceil_mode, p):
 
 
 @pytest.mark.parametrize("p", [1, 2, 3, 1.5, math.inf])
-def test_lp_pool_signed_inputs_match_torch(p):
+def test_lp_pool_signed_inputs_match_torch(p, x64):
     # Odd or fractional p: negative sums give nan exactly where PyTorch's pow does (p=1 and
     # p=inf never do: x**1 keeps the sign, inf is max |x|).
     x = distinct((2, 7, 6, 3), seed=5)
@@ -404,20 +405,20 @@ def test_lp_pool_signed_inputs_match_torch(p):
     ],
 )
 @pytest.mark.parametrize("kind", ["avg", "max"])
-def test_adaptive_pools_match_torch(kind, spatial, output_size):
+def test_adaptive_pools_match_torch(kind, spatial, output_size, x64):
     x = distinct((2, *spatial, 3), seed=len(spatial))
     pool = adaptive_avg_pool if kind == "avg" else adaptive_max_pool
     check_oracle(pool(jnp.asarray(x), output_size), torch_adaptive(kind, x, output_size))
 
 
-def test_adaptive_int_output_size_is_square_2d():
+def test_adaptive_int_output_size_is_square_2d(x64):
     x = distinct((2, 7, 6, 3))
     check_oracle(adaptive_avg_pool(jnp.asarray(x), 4), torch_adaptive("avg", x, (4, 4)))
 
 
 @pytest.mark.parametrize("spatial", [(5,), (4, 3), (3, 2, 4)])
 @pytest.mark.parametrize("kind", ["avg", "max"])
-def test_global_pools_match_torch(kind, spatial):
+def test_global_pools_match_torch(kind, spatial, x64):
     x = distinct((2, *spatial, 3), seed=len(spatial))
     pool = global_avg_pool if kind == "avg" else global_max_pool
     expected = torch_adaptive(kind, x, (1,) * len(spatial)).reshape(2, 3)
@@ -437,61 +438,63 @@ def _draw_window_config(draw, d, kind):
 @settings(max_examples=50)
 def test_random_configs_match_torch_or_raise(data):
     """Every config (many invalid): jcnn == torch, or both refuse and jcnn says so in its words."""
-    pytest.importorskip("torch")
-    kind = data.draw(st.sampled_from(["max", "min", "avg", "lp"]))
-    d = data.draw(st.integers(1, 3))
-    spatial = data.draw(st.tuples(*[st.integers(1, 6)] * d))
-    window, strides, padding, dilation = _draw_window_config(data.draw, d, kind)
-    ceil_mode = data.draw(st.booleans())
-    kwargs, torch_kwargs, args = {"ceil_mode": ceil_mode}, {"ceil_mode": ceil_mode}, ()
-    if kind in ("max", "min"):
-        kwargs["dilation"] = torch_kwargs["dilation"] = dilation
-    elif kind == "avg":
-        kwargs["count_include_pad"] = data.draw(st.booleans())
-        kwargs["divisor_override"] = data.draw(st.sampled_from([None, None, 0, 3, -2]))
-        torch_kwargs |= {k: kwargs[k] for k in ("count_include_pad", "divisor_override")}
-    else:
-        torch_kwargs["p"] = data.draw(st.sampled_from([1, 2, 3, 1.5]))
-        args = (torch_kwargs["p"],)
-    x = distinct((2, *spatial, 2), seed=sum(spatial), positive=kind == "lp")
+    with jax.enable_x64(True):  # a float64 oracle
+        pytest.importorskip("torch")
+        kind = data.draw(st.sampled_from(["max", "min", "avg", "lp"]))
+        d = data.draw(st.integers(1, 3))
+        spatial = data.draw(st.tuples(*[st.integers(1, 6)] * d))
+        window, strides, padding, dilation = _draw_window_config(data.draw, d, kind)
+        ceil_mode = data.draw(st.booleans())
+        kwargs, torch_kwargs, args = {"ceil_mode": ceil_mode}, {"ceil_mode": ceil_mode}, ()
+        if kind in ("max", "min"):
+            kwargs["dilation"] = torch_kwargs["dilation"] = dilation
+        elif kind == "avg":
+            kwargs["count_include_pad"] = data.draw(st.booleans())
+            kwargs["divisor_override"] = data.draw(st.sampled_from([None, None, 0, 3, -2]))
+            torch_kwargs |= {k: kwargs[k] for k in ("count_include_pad", "divisor_override")}
+        else:
+            torch_kwargs["p"] = data.draw(st.sampled_from([1, 2, 3, 1.5]))
+            args = (torch_kwargs["p"],)
+        x = distinct((2, *spatial, 2), seed=sum(spatial), positive=kind == "lp")
 
-    try:
-        expected, torch_error = torch_pool(kind, x, window, strides, padding, **torch_kwargs), None
-    except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
-        expected, torch_error = None, e
-    try:
-        actual, error = WINDOWED[kind](jnp.asarray(x), *args, window, strides, padding, **kwargs), None
-    except (ValueError, TypeError) as e:
-        actual, error = None, e
+        try:
+            expected, torch_error = torch_pool(kind, x, window, strides, padding, **torch_kwargs), None
+        except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
+            expected, torch_error = None, e
+        try:
+            actual, error = WINDOWED[kind](jnp.asarray(x), *args, window, strides, padding, **kwargs), None
+        except (ValueError, TypeError) as e:
+            actual, error = None, e
 
-    if error is not None:
-        assert str(error).startswith(f"{WHERE[WINDOWED[kind]]}: "), error  # ours, not XLA's
-        assert torch_error is not None, f"torch accepts what jcnn refuses: {error}"
-        return
-    if torch_error is not None:  # jcnn accepts what torch refuses: only one known case
-        # torch's 3-D average kernels refuse an input smaller than the window even where
-        # padding or ceil_mode make it fit (its 1-D and 2-D ones, and max_pool3d, accept).
-        assert "smaller than kernel size" in str(torch_error), torch_error
-        assert kind in ("avg", "lp") and d == 3
-        assert any(w < k for w, k in zip(spatial, window))
-        return
-    check_oracle(actual, expected)
+        if error is not None:
+            assert str(error).startswith(f"{WHERE[WINDOWED[kind]]}: "), error  # ours, not XLA's
+            assert torch_error is not None, f"torch accepts what jcnn refuses: {error}"
+            return
+        if torch_error is not None:  # jcnn accepts what torch refuses: only one known case
+            # torch's 3-D average kernels refuse an input smaller than the window even where
+            # padding or ceil_mode make it fit (its 1-D and 2-D ones, and max_pool3d, accept).
+            assert "smaller than kernel size" in str(torch_error), torch_error
+            assert kind in ("avg", "lp") and d == 3
+            assert any(w < k for w, k in zip(spatial, window))
+            return
+        check_oracle(actual, expected)
 
 
 @given(st.data())
 @settings(max_examples=25)
 def test_random_adaptive_match_torch_or_raise(data):
-    d = data.draw(st.integers(1, 3))
-    spatial = data.draw(st.tuples(*[st.integers(1, 6)] * d))
-    output_size = data.draw(st.tuples(*[st.one_of(st.none(), st.integers(0, 8))] * d))
-    kind = data.draw(st.sampled_from(["avg", "max"]))
-    x = distinct((2, *spatial, 2), seed=sum(spatial))
-    pool = adaptive_avg_pool if kind == "avg" else adaptive_max_pool
-    if 0 in output_size:  # PyTorch returns an empty array; jcnn refuses (never an empty array)
-        with pytest.raises(ShapeError, match="`output_size` must be >= 1"):
-            pool(jnp.asarray(x), output_size)
-        return
-    check_oracle(pool(jnp.asarray(x), output_size), torch_adaptive(kind, x, output_size))
+    with jax.enable_x64(True):  # a float64 oracle
+        d = data.draw(st.integers(1, 3))
+        spatial = data.draw(st.tuples(*[st.integers(1, 6)] * d))
+        output_size = data.draw(st.tuples(*[st.one_of(st.none(), st.integers(0, 8))] * d))
+        kind = data.draw(st.sampled_from(["avg", "max"]))
+        x = distinct((2, *spatial, 2), seed=sum(spatial))
+        pool = adaptive_avg_pool if kind == "avg" else adaptive_max_pool
+        if 0 in output_size:  # PyTorch returns an empty array; jcnn refuses (never an empty array)
+            with pytest.raises(ShapeError, match="`output_size` must be >= 1"):
+                pool(jnp.asarray(x), output_size)
+            return
+        check_oracle(pool(jnp.asarray(x), output_size), torch_adaptive(kind, x, output_size))
 
 
 # The brute-force reference covers what PyTorch cannot express: (lo, hi) pairs and names.
@@ -535,7 +538,7 @@ def test_reference_matches_torch():
 
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("spatial, window, strides, padding, dilation", REF_CASES)
-def test_padding_forms_match_reference(spatial, window, strides, padding, dilation, ceil_mode):
+def test_padding_forms_match_reference(spatial, window, strides, padding, dilation, ceil_mode, x64):
     x = distinct((2, *spatial, 2), seed=3)
     pads = shapes.resolve_padding(padding, spatial, window, strides, dilation)
     xj = jnp.asarray(x)
@@ -693,7 +696,7 @@ GRAD_FNS = {  # name: (f, order): second order for the smooth pools and plain ma
 
 
 @pytest.mark.parametrize("name", list(GRAD_FNS))
-def test_check_grads(name):
+def test_check_grads(name, x64):
     # Tie-free positive inputs: max-pool gradients are defined, and lp's sums stay positive.
     f, order = GRAD_FNS[name]
     x = jnp.asarray(distinct((1, 5, 7, 2), seed=11, positive=True))
@@ -712,7 +715,7 @@ def test_check_grads(name):
         ("adaptive_max", (4, 5), None, None, None),
     ],
 )
-def test_gradients_match_torch(kind, window, strides, padding, dilation):
+def test_gradients_match_torch(kind, window, strides, padding, dilation, x64):
     torch = pytest.importorskip("torch")
     x = distinct((2, 6, 7, 2), seed=7, positive=True)
     kwargs = {"dilation": dilation} if kind in ("max", "min") else {"p": 2} if kind == "lp" else {}
@@ -780,7 +783,7 @@ def test_jit_vmap_and_batch_dims(name):
 
 @pytest.mark.parametrize("dilation", [1, (2, 3)])
 @pytest.mark.parametrize("kind", ["max", "min"])
-def test_max_min_gradients_with_ties_match_torch(kind, dilation):
+def test_max_min_gradients_with_ties_match_torch(kind, dilation, x64):
     # With ties, both PyTorch and jcnn send a window's gradient to its first extreme tap (in
     # window order), whether through XLA's select_and_scatter or jcnn's dilated JVP rule.
     torch = pytest.importorskip("torch")
@@ -838,7 +841,7 @@ def test_no_layout_shuffles(name):
     [(name, jnp.bfloat16, 2**-8) for name in OPS]
     + [(name, jnp.float32, 1e-6) for name in ("avg_pool", "lp_pool", "adaptive_avg_pool", "global_avg_pool")],
 )
-def test_low_precision_dtypes(name, dtype, rtol):
+def test_low_precision_dtypes(name, dtype, rtol, x64):
     # The same inputs (rounded to `dtype`) in float64: only the result's rounding may differ.
     x = jnp.asarray(distinct((2, 5, 7, 2), seed=4, positive=True)).astype(dtype)
     y = OPS[name](x)
@@ -1043,3 +1046,134 @@ def test_errors_are_raised_while_tracing(f, match):
         jax.jit(f)(X2)
     with pytest.raises((ValueError, TypeError), match=match):
         jax.vmap(f)(X2[None])
+
+
+# --------------------------------------------------------------------------------------------
+# Layers take whole batches; nothing inside JAX or Python fails first (issues 9 and 11)
+# --------------------------------------------------------------------------------------------
+
+
+def _pool_layer_cases():
+    from jcnn import layers as L
+
+    return {
+        "max": (L.MaxPool(3, 2, 1, ceil_mode=True), (7, 6, 2)),
+        "max-dilated": (L.MaxPool((2, 2), 1, dilation=2), (6, 6, 2)),
+        "avg": (L.AvgPool(3, 2, "same", count_include_pad=False), (7, 6, 2)),
+        "avg-1d": (L.AvgPool((3,), 1, 1, divisor_override=2), (8, 2)),
+        "global-avg": (L.GlobalAvgPool(), (5, 4, 3)),
+        "global-max-1d": (L.GlobalMaxPool(1), (5, 3)),
+        "adaptive-avg": (L.AdaptiveAvgPool((3, None)), (7, 5, 2)),
+        "adaptive-max": (L.AdaptiveMaxPool(2), (5, 7, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_pool_layer_cases()))
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+def test_pool_layers_take_leading_batch_dims(name, batch):
+    layer, shape = _pool_layer_cases()[name]
+    out_shape, params, state = layer.init(jax.random.key(0), shape)
+    x = distinct(batch + shape, seed=len(batch)).astype(np.float32)
+    y, new_state = layer.apply(params, state, x)
+    assert y.shape == batch + out_shape and new_state == state
+    flat = x.reshape((-1,) + shape)
+    loop = jnp.stack([layer.apply(params, state, xi)[0] for xi in flat]).reshape(y.shape)
+    np.testing.assert_allclose(y, loop, rtol=1e-6, atol=1e-6)
+    if batch:
+        vmapped = jax.vmap(lambda xi: layer.apply(params, state, xi)[0])(flat)
+        np.testing.assert_allclose(y, vmapped.reshape(y.shape), rtol=1e-6, atol=1e-6)
+
+
+HUGE = 2**63
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x: max_pool(None, 2), TypeError, r"^max_pool: `x` must be an array, got NoneType None"),
+        (lambda x: max_pool("abc", 2), TypeError, r"^max_pool: `x` must be an array, got str"),
+        (
+            lambda x: avg_pool(np.full((4, 4, 1), "a"), 2),
+            TypeError,
+            r"^avg_pool: `x` must have a floating-point",
+        ),
+        (lambda x: max_pool(np.full((4, 4, 1), None), 2), TypeError, r"^max_pool: `x` must have a real"),
+        (
+            lambda x: global_avg_pool([[1.0], [2.0, 3.0]]),
+            TypeError,
+            r"^global_avg_pool: `x` must be an array",
+        ),
+        (lambda x: adaptive_max_pool(None, 2), TypeError, r"^adaptive_max_pool: `x` must be an array"),
+        (
+            lambda x: max_pool(x, HUGE),
+            ValueError,
+            r"^max_pool: every entry of `window_shape` must be <= 2147483647",
+        ),
+        (lambda x: max_pool(x, 2, HUGE), ValueError, r"^max_pool: every entry of `strides` must be <= "),
+        (
+            lambda x: min_pool(x, 2, dilation=(1, HUGE)),
+            ValueError,
+            r"^min_pool: every entry of `dilation` must be",
+        ),
+        (lambda x: avg_pool(x, 2, padding=HUGE), ValueError, r"^avg_pool: `padding` must be <= "),
+        (
+            lambda x: avg_pool(x, 2, divisor_override=HUGE),
+            ValueError,
+            r"^avg_pool: `divisor_override` must be <= ",
+        ),
+        (
+            lambda x: lp_pool(x, 2, (2, HUGE)),
+            ValueError,
+            r"^lp_pool: every entry of `window_shape` must be <= ",
+        ),
+        (
+            lambda x: adaptive_avg_pool(x, HUGE),
+            ValueError,
+            r"^adaptive_avg_pool: every entry of `output_size`",
+        ),
+        (lambda x: adaptive_avg_pool(x, (None, HUGE)), ValueError, r"^adaptive_avg_pool: every entry of"),
+        (lambda x: global_max_pool(x, HUGE), ValueError, r"^global_max_pool: `spatial_dims` must be <= "),
+    ],
+)
+def test_fuzz_classes_get_jcnn_errors(call, error, match):
+    with pytest.raises(error, match=match) as e:
+        call(X2)
+    tb = e.value.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert "/jcnn/" in tb.tb_frame.f_code.co_filename, tb.tb_frame.f_code.co_filename
+
+
+@pytest.mark.parametrize(
+    "make, x, error, match",
+    [
+        (lambda L: L.MaxPool(2, HUGE), None, ValueError, r"^MaxPool: every entry of `strides` must be <= "),
+        (
+            lambda L: L.AdaptiveAvgPool(HUGE),
+            None,
+            ValueError,
+            r"^AdaptiveAvgPool: every entry of `output_size`",
+        ),
+        (lambda L: L.MaxPool(2), None, TypeError, r"^MaxPool: `x` must be an array, got NoneType"),
+        (
+            lambda L: L.AvgPool(2),
+            np.full((4, 4, 1), "s"),
+            TypeError,
+            r"^AvgPool: `x` must have a floating-point",
+        ),
+        (lambda L: L.GlobalMaxPool(), "abc", TypeError, r"^GlobalMaxPool: `x` must be an array, got str"),
+        (
+            lambda L: L.AdaptiveMaxPool(2),
+            [[1.0], [2.0, 3.0]],
+            TypeError,
+            r"^AdaptiveMaxPool: `x` must be an array",
+        ),
+    ],
+)
+def test_fuzz_classes_get_jcnn_errors_from_layers(make, x, error, match):
+    from jcnn import layers
+
+    with pytest.raises(error, match=match):
+        layer = make(layers)
+        _, params, state = layer.init(jax.random.key(0), (4, 4, 1))
+        layer.apply(params, state, x)

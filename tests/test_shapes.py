@@ -4,6 +4,7 @@ and PyTorch's ceil_mode rule."""
 import math
 
 import jax
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,8 +151,8 @@ def test_seed_flops():
 @pytest.mark.parametrize(
     "kernel, cin, cout, groups, match",
     [
-        (3, 3, 4, 2, r"input channels \(3\).*groups \(2\)"),
-        (3, 4, 3, 2, r"out_channels \(3\).*groups \(2\)"),
+        (3, 3, 4, 2, r"input channels \(3\).*`groups` \(2\)"),
+        (3, 4, 3, 2, r"out_channels \(3\).*`groups` \(2\)"),
         (3, 4, 4, 0, r"`groups` must be >= 1, got 0"),
         (0, 4, 4, 1, r"kernel_size"),
     ],
@@ -644,3 +645,121 @@ def test_conv_output_shape_errors(args, kwargs, match):
 
 def test_shape_error_is_a_value_error():
     assert issubclass(ShapeError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# Specs: hyperparameters parsed once (issue 9)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def padding_calls(monkeypatch):
+    """Every call of `shapes.canonicalize_padding`, the one function that parses padding.
+
+    Before the specs (issue 9) a Conv layer parsed its padding once at construction, 4 more times
+    per ``init`` and per ``apply`` and 8 times per ``info``; a MaxPool 5 per ``init``/``apply``;
+    a 5-layer net's summary 26 times.
+    """
+    calls = []
+    real = shapes.canonicalize_padding
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shapes, "canonicalize_padding", counted)
+    return calls
+
+
+def _layer_cases():
+    from jcnn.layers import AvgPool, Conv, ConvTranspose, MaxPool
+
+    return [
+        (lambda: Conv(4, 3, strides=2, padding="same", padding_mode="reflect"), (9, 9, 3)),
+        (lambda: Conv(4, (3,), padding=1, exact=True), (8, 3)),
+        (lambda: ConvTranspose(4, 3, strides=2, padding=1, output_padding=1), (5, 5, 3)),
+        (lambda: MaxPool(3, 2, 1, ceil_mode=True), (8, 8, 3)),
+        (lambda: AvgPool(3, 2, "same", count_include_pad=False), (8, 8, 3)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_layers_parse_padding_once_at_construction(case, padding_calls):
+    make, shape = _layer_cases()[case]
+    layer = make()
+    assert len(padding_calls) == 1, padding_calls
+    out_shape, params, state = layer.init(jax.random.key(0), shape)
+    x = jax.numpy.ones((2,) + shape)
+    y, _ = layer.apply(params, state, x)
+    y_jit, _ = jax.jit(layer.apply)(params, state, x)
+    info = layer.info(shape)
+    assert y.shape == y_jit.shape == (2,) + out_shape and info.output_shape == out_shape
+    assert len(padding_calls) == 1, padding_calls  # none in init, apply (eager or traced) or info
+
+
+def test_summary_parses_no_padding(padding_calls):
+    from jcnn import summary
+    from jcnn.layers import Conv, Dense, Flatten, MaxPool, Relu, serial
+
+    net = serial(Conv(6, 5, padding=2), Relu(), MaxPool(2), Flatten(), Dense(10))
+    assert len(padding_calls) == 2  # one per Conv / MaxPool constructor
+    table = summary(net, (28, 28, 1))
+    assert len(padding_calls) == 2 and "Conv" in str(table)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda ops, x: ops.conv(x, jax.numpy.ones((3, 3, 3, 2)), padding="same", padding_mode="circular"),
+        lambda ops, x: ops.conv_transpose(x, jax.numpy.ones((3, 3, 3, 2)), strides=2, padding=1),
+        lambda ops, x: ops.max_pool(x, 3, 2, 1),
+        lambda ops, x: ops.min_pool(x, 3, 2, "same"),
+        lambda ops, x: ops.avg_pool(x, 3, 1, 1, ceil_mode=True),
+        lambda ops, x: ops.lp_pool(x, 2, 2, padding=1),
+    ],
+)
+def test_public_ops_parse_padding_once_per_call(call, padding_calls):
+    from jcnn import ops
+
+    x = jax.numpy.ones((2, 6, 6, 3))
+    call(ops, x)
+    assert len(padding_calls) == 1, padding_calls
+    jax.jit(lambda x: call(ops, x))(x)
+    assert len(padding_calls) == 2, padding_calls
+
+
+def test_specs_are_frozen_canonical_values():
+    spec = shapes.conv_spec([3, 3], strides=np.int64(2), padding="Same", padding_mode="Reflect")
+    assert spec == shapes.ConvSpec((3, 3), (2, 2), "SAME", (1, 1), 1, "reflect", False)
+    assert hash(spec) == hash(shapes.conv_spec(3, strides=2, padding="same", padding_mode="reflect"))
+    with pytest.raises(AttributeError):
+        spec.strides = (1, 1)
+    t = shapes.conv_transpose_spec(3, 2, "valid", 1)
+    assert t.crop == ((0, 0), (0, 0)) and t.output_padding == (1, 1)
+    p = shapes.pool_spec((2, 2), padding=((0, 1), (1, 0)), divisor_override=-3)
+    assert p.strides == (2, 2) and p.padding == ((0, 1), (1, 0)) and p.divisor_override == -3
+    assert shapes.adaptive_pool_spec((None, 3)).output_size == (None, 3)
+
+
+def test_geometry_carries_mode_and_names_the_crop():
+    g = shapes.conv_geometry(
+        shapes.conv_spec(3, padding=1, padding_mode="circular"), (2, 5, 5, 3), (3, 3, 3, 4)
+    )
+    assert g.padding_mode == "circular" and g.padding == ((1, 1), (1, 1)) and g.out_shape == (2, 5, 5, 4)
+    t = shapes.conv_transpose_geometry(shapes.conv_transpose_spec(3, 2, 1, 1), (5, 5, 3), (3, 3, 3, 2))
+    assert t.crop == ((1, 1), (1, 1)) and t.output_padding == (1, 1) and t.out_shape == (10, 10, 2)
+    assert not hasattr(t, "padding")
+    # The geometry checks the kernel it is given against the spec's kernel_size.
+    with pytest.raises(
+        ShapeError, match=r"`kernel` must have shape .*kernel_size \(3, 3\), got shape \(5, 5, 3, 4\)"
+    ):
+        shapes.conv_geometry(shapes.conv_spec(3), (8, 8, 3), (5, 5, 3, 4))
+
+
+def test_exact_uses_the_fit_rule_in_the_geometry():
+    spec = shapes.conv_spec(3, strides=3, exact=True)
+    with pytest.raises(
+        ShapeError, match=r"spatial dim 1 of input shape \(9, 7, 1\): exact=True, but .*2\.33"
+    ):
+        shapes.conv_geometry(spec, (9, 7, 1), (3, 3, 1, 1))
+    assert shapes.conv_geometry(spec, (9, 9, 1), (3, 3, 1, 1)).out_spatial == (3, 3)

@@ -5,35 +5,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jcnn import ops, shapes
+from jcnn import checks, shapes
 from jcnn.layers.base import (
     Layer,
     LayerInfo,
     RFWindow,
-    as_bool,
-    check_rank,
     create_param,
     describe,
-    fit_warning,
     initializer,
-    positive_int,
     spatial_input,
 )
 from jcnn.layers.dense import default_bias_init, default_kernel_init
-from jcnn.ops.conv import CHOICES as IMPLS
-from jcnn.shapes import ShapeError
+from jcnn.ops.conv import CHOICES, conv_transpose_with_spec, conv_with_spec
 
 __all__ = ["Conv", "ConvTranspose"]
-
-
-def _check_channels(x, kernel, groups: int, where: str, layout: str) -> None:
-    expected = kernel.shape[-2] * groups if layout == "conv" else kernel.shape[-2]
-    if x.shape[-1] != expected:
-        per = f" ({kernel.shape[-2]} per group x {groups} groups)" if layout == "conv" and groups > 1 else ""
-        raise ShapeError(
-            f"{where}: input has {x.shape[-1]} channels but the kernel expects {expected}{per}"
-            f" (kernel shape {tuple(kernel.shape)}, x shape {tuple(x.shape)})."
-        )
 
 
 def Conv(
@@ -53,9 +38,12 @@ def Conv(
     param_dtype=jnp.float32,
     precision=None,
 ) -> Layer:
-    """Convolution layer over one ``(*spatial, c_in)`` example; calls `jcnn.ops.conv`.
+    """Convolution layer over ``(*spatial, c_in)`` examples; calls `jcnn.ops.conv`.
 
     The output size per spatial dim is ``floor((W + lo + hi - dilation*(F-1) - 1)/S) + 1``.
+    The hyperparameters are checked once, here, into a `jcnn.shapes.ConvSpec`; ``init`` takes
+    one example's shape, ``apply`` takes ``x`` of shape ``(*batch, *spatial, c_in)`` with any
+    number of leading batch dims (each example gives what it gives alone).
 
     Args:
       out_channels: number of filters ``K``.
@@ -82,7 +70,7 @@ def Conv(
 
     Raises:
       ShapeError: at construction for bad hyperparameters; at ``init`` for an input they do not
-        fit; at ``apply`` for an input whose rank or channels differ from the kernel's.
+        fit; at ``apply`` for an input with too few dims or channels that differ from the kernel's.
 
     The lecture's example, ten 5x5 filters on a 32x32x3 image:
 
@@ -92,53 +80,32 @@ def Conv(
     ((28, 28, 10), (5, 5, 3, 10))
     """
     where = "Conv"
-    out_channels = positive_int(out_channels, where, "out_channels")
-    ks = shapes.canonicalize_window(kernel_size, where)
-    d = len(ks)
-    strides_ = shapes.canonicalize_ints(strides, d, where, "strides")
-    dilation_ = shapes.canonicalize_ints(dilation, d, where, "dilation")
-    padding_ = shapes.canonicalize_padding(padding, d, where)
-    mode = shapes.canonicalize_padding_mode(padding_mode, where)
-    groups = positive_int(groups, where, "groups")
-    if out_channels % groups:
-        raise ShapeError(
-            f"{where}: `out_channels` ({out_channels}) must be divisible by `groups` ({groups})."
-        )
-    if impl not in IMPLS:
-        raise ValueError(f"{where}: `impl` must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}.")
-    bias = as_bool(bias, where, "bias")
-    exact = as_bool(exact, where, "exact")
+    out_channels = checks.as_int(out_channels, where, "out_channels", minimum=1)
+    spec = shapes.conv_spec(
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        exact=exact,
+        where=where,
+    )
+    checks.divisible(out_channels, spec.groups, where, "`out_channels`")
+    impl = checks.one_of(impl, CHOICES, where, "impl")
+    bias = checks.as_bool(bias, where, "bias")
     kernel_init = initializer(kernel_init, default_kernel_init, where, "kernel_init")
     bias_init = initializer(bias_init, default_bias_init, where, "bias_init")
-    source = f"`kernel_size` {ks} has {d}"
+    ks, d = spec.kernel_size, spec.d
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, source)
-        if shape[-1] % groups:
-            raise ShapeError(
-                f"{where}: input channels ({shape[-1]}, input shape {shape}) must be divisible by"
-                f" `groups` ({groups})."
-            )
-        kernel_shape = ks + (shape[-1] // groups, out_channels)
-        geo = shapes.conv_geometry(
-            shape,
-            kernel_shape,
-            strides=strides_,
-            padding=padding_,
-            dilation=dilation_,
-            groups=groups,
-            padding_mode=mode,
-            where=where,
-        )
-        if exact:
-            for i, (w, p) in enumerate(zip(geo.in_spatial, geo.padding)):
-                report = shapes.explain_fit(w, ks[i], strides_[i], p, dilation_[i])
-                if not report.fits or report.unused:
-                    raise ShapeError(f"{where}: spatial dim {i} of input shape {shape}: {report.message}")
-        return shape, kernel_shape, geo
+        shape = spatial_input(input_shape, d, where, f"`kernel_size` {ks} has {d}")
+        checks.divisible(shape[-1], spec.groups, where, "input channels", f", input shape {shape}")
+        kernel_shape = ks + (shape[-1] // spec.groups, out_channels)
+        return kernel_shape, shapes.conv_geometry(spec, shape, kernel_shape, where=where)
 
     def init(key, input_shape):
-        _, kernel_shape, geo = geometry(input_shape)
+        kernel_shape, geo = geometry(input_shape)
         k_kernel, k_bias = jax.random.split(key)
         params = {"kernel": create_param(kernel_init, k_kernel, kernel_shape, param_dtype)}
         if bias:
@@ -147,45 +114,35 @@ def Conv(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train  # deterministic layer
-        kernel = params["kernel"]
-        check_rank(x, d, where, source)
-        _check_channels(x, kernel, groups, where, "conv")
-        y = ops.conv(
-            x,
-            kernel,
-            params["bias"] if bias else None,
-            strides=strides_,
-            padding=padding_,
-            dilation=dilation_,
-            groups=groups,
-            padding_mode=mode,
-            impl=impl,
-            precision=precision,
-        )
-        return y, state
+        b = params["bias"] if bias else None
+        return conv_with_spec(
+            spec, x, params["kernel"], b, impl=impl, precision=precision, where=where
+        ), state
 
     def info(input_shape):
-        shape, _, geo = geometry(input_shape)
+        _, geo = geometry(input_shape)
         return LayerInfo(
             geo.out_shape,
-            shapes.conv_params(ks, shape[-1], out_channels, groups=groups, bias=bias),
-            shapes.conv_flops(geo.out_spatial, ks, shape[-1], out_channels, groups=groups, bias=bias),
+            geo.params(bias),
+            geo.flops(bias),
             padding=geo.padding,
-            warning=fit_warning(geo.in_spatial, ks, strides_, geo.padding, dilation_),
-            rf=tuple(RFWindow(k, s, p[0], r) for k, s, p, r in zip(ks, strides_, geo.padding, dilation_)),
+            warning=shapes.fit_warning(geo.in_spatial, ks, geo.strides, geo.padding, geo.dilation),
+            rf=tuple(
+                RFWindow(k, s, p[0], r) for k, s, p, r in zip(ks, geo.strides, geo.padding, geo.dilation)
+            ),
         )
 
     hp = dict(
         out_channels=out_channels,
         kernel_size=ks,
-        strides=strides_,
-        padding=padding_,
-        dilation=dilation_,
-        groups=groups,
+        strides=spec.strides,
+        padding=spec.padding,
+        dilation=spec.dilation,
+        groups=spec.groups,
         bias=bias,
-        padding_mode=mode,
+        padding_mode=spec.padding_mode,
         impl=impl,
-        exact=exact,
+        exact=spec.exact,
         param_dtype=jnp.dtype(param_dtype).name,
     )
     given = dict(
@@ -196,7 +153,7 @@ def Conv(
         bias=bias,
         padding_mode=padding_mode,
     )
-    given.update(impl=impl, exact=exact)
+    given.update(impl=impl, exact=spec.exact)
     defaults = dict(
         strides=1, padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros", impl="auto", exact=False
     )
@@ -229,6 +186,8 @@ def ConvTranspose(
     """Transposed convolution (PyTorch's ``ConvTranspose{1,2,3}d``); calls `jcnn.ops.conv_transpose`.
 
     ``out = (W - 1)*S - (lo + hi) + dilation*(F - 1) + output_padding + 1`` per spatial dim.
+    Hyperparameters are checked once into a `jcnn.shapes.ConvTransposeSpec`; ``apply`` takes
+    any number of leading batch dims.
 
     Args:
       out_channels: output channels.
@@ -253,47 +212,23 @@ def ConvTranspose(
     (7, 7, 2)
     """
     where = "ConvTranspose"
-    out_channels = positive_int(out_channels, where, "out_channels")
-    ks = shapes.canonicalize_window(kernel_size, where)
-    d = len(ks)
-    strides_ = shapes.canonicalize_ints(strides, d, where, "strides")
-    dilation_ = shapes.canonicalize_ints(dilation, d, where, "dilation")
-    output_padding_ = shapes.canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
-    padding_ = shapes.canonicalize_padding(padding, d, where)
-    if isinstance(padding_, str):
-        if padding_ != "VALID":
-            raise ValueError(
-                f"{where}: `padding` must be an int, a tuple of {d} ints or (lo, hi) pairs, or"
-                f" 'VALID'; got {padding!r} (transposed convs take PyTorch's numeric padding)."
-            )
-        padding_ = ((0, 0),) * d
-    groups = positive_int(groups, where, "groups")
-    if out_channels % groups:
-        raise ShapeError(
-            f"{where}: `out_channels` ({out_channels}) must be divisible by `groups` ({groups})."
-        )
-    bias = as_bool(bias, where, "bias")
+    out_channels = checks.as_int(out_channels, where, "out_channels", minimum=1)
+    spec = shapes.conv_transpose_spec(
+        kernel_size, strides, padding, output_padding, dilation, groups, where=where
+    )
+    checks.divisible(out_channels, spec.groups, where, "`out_channels`")
+    bias = checks.as_bool(bias, where, "bias")
     kernel_init = initializer(kernel_init, default_kernel_init, where, "kernel_init")
     bias_init = initializer(bias_init, default_bias_init, where, "bias_init")
-    source = f"`kernel_size` {ks} has {d}"
+    ks, d = spec.kernel_size, spec.d
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, source)
-        kernel_shape = ks + (shape[-1], out_channels // groups)
-        geo = shapes.conv_transpose_geometry(
-            shape,
-            kernel_shape,
-            strides=strides_,
-            padding=padding_,
-            output_padding=output_padding_,
-            dilation=dilation_,
-            groups=groups,
-            where=where,
-        )
-        return shape, kernel_shape, geo
+        shape = spatial_input(input_shape, d, where, f"`kernel_size` {ks} has {d}")
+        kernel_shape = ks + (shape[-1], out_channels // spec.groups)
+        return kernel_shape, shapes.conv_transpose_geometry(spec, shape, kernel_shape, where=where)
 
     def init(key, input_shape):
-        _, kernel_shape, geo = geometry(input_shape)
+        kernel_shape, geo = geometry(input_shape)
         k_kernel, k_bias = jax.random.split(key)
         params = {"kernel": create_param(kernel_init, k_kernel, kernel_shape, param_dtype)}
         if bias:
@@ -302,51 +237,30 @@ def ConvTranspose(
 
     def apply(params, state, x, *, key=None, train=False):
         del key, train  # deterministic layer
-        kernel = params["kernel"]
-        check_rank(x, d, where, source)
-        _check_channels(x, kernel, groups, where, "transpose")
-        y = ops.conv_transpose(
-            x,
-            kernel,
-            params["bias"] if bias else None,
-            strides=strides_,
-            padding=padding_,
-            output_padding=output_padding_,
-            dilation=dilation_,
-            groups=groups,
-            precision=precision,
-        )
-        return y, state
+        b = params["bias"] if bias else None
+        return conv_transpose_with_spec(spec, x, params["kernel"], b, precision=precision, where=where), state
 
     def info(input_shape):
-        shape, _, geo = geometry(input_shape)
+        _, geo = geometry(input_shape)
         return LayerInfo(
             geo.out_shape,
-            shapes.conv_params(ks, shape[-1], out_channels, groups=groups, bias=bias),
-            shapes.conv_transpose_flops(
-                geo.in_spatial,
-                ks,
-                shape[-1],
-                out_channels,
-                groups=groups,
-                bias=bias,
-                out_spatial=geo.out_spatial,
-            ),
-            padding=geo.padding,
+            geo.params(bias),
+            geo.flops(bias),
+            padding=geo.crop,
             rf=tuple(
                 RFWindow(k, s, p[0], r, transpose=True)
-                for k, s, p, r in zip(ks, strides_, geo.padding, dilation_)
+                for k, s, p, r in zip(ks, geo.strides, geo.crop, geo.dilation)
             ),
         )
 
     hp = dict(
         out_channels=out_channels,
         kernel_size=ks,
-        strides=strides_,
-        padding=padding_,
-        output_padding=output_padding_,
-        dilation=dilation_,
-        groups=groups,
+        strides=spec.strides,
+        padding=spec.crop,
+        output_padding=spec.output_padding,
+        dilation=spec.dilation,
+        groups=spec.groups,
         bias=bias,
         param_dtype=jnp.dtype(param_dtype).name,
     )

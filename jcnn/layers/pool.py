@@ -1,21 +1,22 @@
-"""Pooling layers: windowed (max, avg), global and adaptive; no params, no state."""
+"""Pooling layers: windowed (max, avg), global and adaptive; no params, no state.
+
+Each constructor checks its hyperparameters once into a spec (`jcnn.shapes.pool_spec`, ...);
+``init`` and ``info`` take one example's shape, ``apply`` any number of leading batch dims.
+"""
 
 from __future__ import annotations
 
 import math
 
-from jcnn import ops, shapes
-from jcnn.layers.base import (
-    GLOBAL,
-    Layer,
-    LayerInfo,
-    RFWindow,
-    as_bool,
-    check_rank,
-    describe,
-    fit_warning,
-    positive_int,
-    spatial_input,
+from jcnn import shapes
+from jcnn.layers.base import GLOBAL, Layer, LayerInfo, RFWindow, describe, spatial_input
+from jcnn.ops.pool import (
+    adaptive_avg_pool_with_spec,
+    adaptive_max_pool_with_spec,
+    avg_pool_with_spec,
+    global_avg_pool_with_spec,
+    global_max_pool_with_spec,
+    max_pool_with_spec,
 )
 
 __all__ = ["MaxPool", "AvgPool", "GlobalAvgPool", "GlobalMaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool"]
@@ -28,24 +29,23 @@ def _unread(size: int, k: int, s: int, lo: int, r: int, out: int) -> int:
 
 
 def _window_pool(
-    name: str, op, window_shape, strides, padding, dilation, ceil_mode, extra: dict, extra_defaults: dict
+    name: str,
+    pool_with_spec,
+    spec: shapes.PoolSpec,
+    extra: tuple[str, ...],
+    args: tuple,
+    given: dict,
+    defaults: dict,
 ) -> Layer:
+    """A windowed pooling layer on ``spec``; ``extra`` names the spec fields it shows beyond the
+    window, strides, padding, dilation and ceil_mode."""
     where = name
-    window = shapes.canonicalize_window(window_shape, where, "window_shape")
-    d = len(window)
-    strides_ = window if strides is None else shapes.canonicalize_ints(strides, d, where, "strides")
-    dilation_ = shapes.canonicalize_ints(dilation, d, where, "dilation")
-    padding_ = shapes.canonicalize_padding(padding, d, where)
-    if not isinstance(padding_, str):
-        shapes.check_pool_padding(padding_, window, dilation_, where)
-    ceil_mode = as_bool(ceil_mode, where, "ceil_mode")
-    source = f"`window_shape` {window} has {d}"
+    d, window = spec.d, spec.window_shape
+    shown = ("window_shape", "strides", "padding", "dilation", "ceil_mode") + extra
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, source)
-        return shapes.pool_geometry(
-            shape, window, strides_, padding_, dilation_, ceil_mode=ceil_mode, where=where
-        )
+        shape = spatial_input(input_shape, d, where, f"`window_shape` {window} has {d}")
+        return shapes.pool_geometry(spec, shape, where=where)
 
     def init(key, input_shape):
         del key
@@ -53,46 +53,36 @@ def _window_pool(
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        check_rank(x, d, where, source)
-        return op(x, window, strides_, padding_, dilation_, ceil_mode), state
+        return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
         g = geometry(input_shape)
-        warning = None
-        if ceil_mode:
-            unread = [
-                _unread(w, k, s, p[0], r, o)
-                for w, k, s, p, r, o in zip(
-                    g.in_spatial, window, strides_, g.padding, dilation_, g.out_spatial
-                )
-            ]
-            if any(unread):
-                warning = fit_warning(g.in_spatial, window, strides_, g.padding, dilation_)
-        else:
-            warning = fit_warning(g.in_spatial, window, strides_, g.padding, dilation_)
+        # A ceil_mode window may read the pixels the floor rule leaves: warn only when some
+        # input pixel is still never read.
+        unread = not spec.ceil_mode or any(
+            _unread(w, k, s, p[0], r, o)
+            for w, k, s, p, r, o in zip(g.in_spatial, window, g.strides, g.padding, g.dilation, g.out_spatial)
+        )
+        warning = (
+            shapes.fit_warning(g.in_spatial, window, g.strides, g.padding, g.dilation) if unread else None
+        )
         return LayerInfo(
             g.out_shape,
             0,
             shapes.pool_flops(g.out_spatial, window, g.channels),
             padding=g.padding,
             warning=warning,
-            rf=tuple(RFWindow(k, s, p[0], r) for k, s, p, r in zip(window, strides_, g.padding, dilation_)),
+            rf=tuple(RFWindow(k, s, p[0], r) for k, s, p, r in zip(window, g.strides, g.padding, g.dilation)),
         )
 
-    given = {"strides": strides, "padding": padding, "dilation": dilation, "ceil_mode": ceil_mode, **extra}
-    defaults = {"strides": None, "padding": 0, "dilation": 1, "ceil_mode": False, **extra_defaults}
-    hp = dict(
-        window_shape=window, strides=strides_, padding=padding_, dilation=dilation_, ceil_mode=ceil_mode
-    )
-    hp.update(extra)
     return Layer(
         init,
         apply,
         name=name,
         kind="pool",
-        hparams=hp,
+        hparams={k: getattr(spec, k) for k in shown},
         info=info,
-        description=describe(name, (window_shape,), given, defaults),
+        description=describe(name, args, given, defaults),
     )
 
 
@@ -108,17 +98,17 @@ def MaxPool(window_shape, strides=None, padding=0, *, dilation=1, ceil_mode: boo
       ceil_mode: round the output size up (PyTorch's rule).
 
     Returns:
-      A `Layer` with params ``()`` and state ``()``.
+      A `Layer` with params ``()`` and state ``()``; ``apply`` takes ``(*batch, *spatial, c)``.
 
     >>> import jax
     >>> MaxPool(2).init(jax.random.key(0), (28, 28, 20))[0]
     (14, 14, 20)
     """
-
-    def op(x, window, strides, padding, dilation, ceil_mode):
-        return ops.max_pool(x, window, strides, padding, dilation=dilation, ceil_mode=ceil_mode)
-
-    return _window_pool("MaxPool", op, window_shape, strides, padding, dilation, ceil_mode, {}, {})
+    where = "MaxPool"
+    spec = shapes.pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
+    given = {"strides": strides, "padding": padding, "dilation": dilation, "ceil_mode": spec.ceil_mode}
+    defaults = {"strides": None, "padding": 0, "dilation": 1, "ceil_mode": False}
+    return _window_pool(where, max_pool_with_spec, spec, (), (window_shape,), given, defaults)
 
 
 def AvgPool(
@@ -139,53 +129,52 @@ def AvgPool(
       ceil_mode: round the output size up (PyTorch's rule).
       count_include_pad: whether padded pixels count in the divisor at borders (PyTorch's
         default True).
-      divisor_override: a fixed divisor instead.
+      divisor_override: a fixed nonzero divisor instead (as in PyTorch).
 
     Returns:
-      A `Layer` with params ``()`` and state ``()``.
+      A `Layer` with params ``()`` and state ``()``; ``apply`` takes ``(*batch, *spatial, c)``.
 
     >>> import jax
     >>> AvgPool(3, strides=2, padding=1).init(jax.random.key(0), (8, 8, 4))[0]
     (4, 4, 4)
     """
     where = "AvgPool"
-    count_include_pad = as_bool(count_include_pad, where, "count_include_pad")
-    if divisor_override is not None:
-        divisor_override = positive_int(divisor_override, where, "divisor_override")
-
-    def op(x, window, strides, padding, dilation, ceil_mode):
-        del dilation  # always 1: PyTorch's AvgPool has none
-        return ops.avg_pool(
-            x,
-            window,
-            strides,
-            padding,
-            ceil_mode=ceil_mode,
-            count_include_pad=count_include_pad,
-            divisor_override=divisor_override,
-        )
-
-    extra = {"count_include_pad": count_include_pad, "divisor_override": divisor_override}
-    return _window_pool(
-        where,
-        op,
+    spec = shapes.pool_spec(
         window_shape,
         strides,
         padding,
-        1,
-        ceil_mode,
-        extra,
-        {"count_include_pad": True, "divisor_override": None},
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
+        where=where,
     )
+    given = {
+        "strides": strides,
+        "padding": padding,
+        "dilation": 1,
+        "ceil_mode": spec.ceil_mode,
+        "count_include_pad": spec.count_include_pad,
+        "divisor_override": spec.divisor_override,
+    }
+    defaults = {
+        "strides": None,
+        "padding": 0,
+        "dilation": 1,
+        "ceil_mode": False,
+        "count_include_pad": True,
+        "divisor_override": None,
+    }
+    extra = ("count_include_pad", "divisor_override")
+    return _window_pool(where, avg_pool_with_spec, spec, extra, (window_shape,), given, defaults)
 
 
-def _global_pool(name: str, op, spatial_dims: int, flops_per_element: int) -> Layer:
+def _global_pool(name: str, pool_with_spec, spatial_dims, flops_per_element: int) -> Layer:
     where = name
-    d = positive_int(spatial_dims, where, "spatial_dims")
-    source = f"`spatial_dims`={d}"
+    spec = shapes.global_pool_spec(spatial_dims, where)  # the spatial rank d
+    source = f"`spatial_dims`={spec}"
 
     def plan(input_shape):
-        shape = spatial_input(input_shape, d, where, source)
+        shape = spatial_input(input_shape, spec, where, source)
         return shape, (shape[-1],)
 
     def init(key, input_shape):
@@ -194,8 +183,7 @@ def _global_pool(name: str, op, spatial_dims: int, flops_per_element: int) -> La
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        check_rank(x, d, where, source)
-        return op(x, spatial_dims=d), state
+        return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
         shape, out = plan(input_shape)
@@ -206,9 +194,9 @@ def _global_pool(name: str, op, spatial_dims: int, flops_per_element: int) -> La
         apply,
         name=name,
         kind="pool",
-        hparams={"spatial_dims": d},
+        hparams={"spatial_dims": spec},
         info=info,
-        description=describe(name, (), {"spatial_dims": d}, {"spatial_dims": 2}),
+        description=describe(name, (), {"spatial_dims": spec}, {"spatial_dims": 2}),
     )
 
 
@@ -216,15 +204,16 @@ def GlobalAvgPool(spatial_dims: int = 2) -> Layer:
     """Mean over all spatial positions: ``(*spatial, c) -> (c,)``.
 
     Args:
-      spatial_dims: the input's spatial rank (default 2: ``(h, w, c)``); checked at ``init``
-        and ``apply``, so a batch passed by mistake is an error rather than a silent average
-        over examples.
+      spatial_dims: the input's spatial rank (default 2: one example is ``(h, w, c)``).
+        ``init`` takes one example's shape; ``apply`` reads the ``spatial_dims + 1`` trailing
+        dims of ``x`` as one example and any dims before them as batch dims, so a batch is
+        pooled per example, never across examples.
 
     >>> import jax
     >>> GlobalAvgPool().init(jax.random.key(0), (7, 7, 512))[0]
     (512,)
     """
-    return _global_pool("GlobalAvgPool", ops.global_avg_pool, spatial_dims, 1)
+    return _global_pool("GlobalAvgPool", global_avg_pool_with_spec, spatial_dims, 1)
 
 
 def GlobalMaxPool(spatial_dims: int = 2) -> Layer:
@@ -234,51 +223,47 @@ def GlobalMaxPool(spatial_dims: int = 2) -> Layer:
     >>> GlobalMaxPool(1).init(jax.random.key(0), (100, 8))[0]
     (8,)
     """
-    return _global_pool("GlobalMaxPool", ops.global_max_pool, spatial_dims, 1)
+    return _global_pool("GlobalMaxPool", global_max_pool_with_spec, spatial_dims, 1)
 
 
-def _adaptive_pool(name: str, op, output_size) -> Layer:
+def _adaptive_pool(name: str, pool_with_spec, output_size) -> Layer:
     where = name
-    requested = shapes.canonicalize_output_size(output_size, where)
-    d = len(requested)
-    source = f"`output_size` {requested} has {d}"
+    spec = shapes.adaptive_pool_spec(output_size, where)
+    source = f"`output_size` {spec.output_size} has {spec.d}"
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, source)
-        out = shapes.adaptive_output_shape(shape[:-1], requested, where)
-        return shape, out + (shape[-1],)
+        shape = spatial_input(input_shape, spec.d, where, source)
+        return shapes.adaptive_pool_geometry(spec, shape, where=where)
 
     def init(key, input_shape):
         del key
-        return geometry(input_shape)[1], (), ()
+        return geometry(input_shape).out_shape, (), ()
 
     def apply(params, state, x, *, key=None, train=False):
         del params, key, train
-        check_rank(x, d, where, source)
-        return op(x, requested), state
+        return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
-        shape, out_shape = geometry(input_shape)
-        windows = [shapes.adaptive_windows(w, o) for w, o in zip(shape[:-1], out_shape[:-1])]
-        flops = shape[-1] * math.prod(sum(b - a for a, b in win) for win in windows)
-        if all(o == 1 for o in out_shape[:-1]):
-            return LayerInfo(out_shape, 0, flops, rf=GLOBAL)
+        g = geometry(input_shape)
+        flops = g.channels * math.prod(sum(b - a for a, b in win) for win in g.windows)
+        if all(o == 1 for o in g.out_spatial):
+            return LayerInfo(g.out_shape, 0, flops, rf=GLOBAL)
         rf = []
-        for w, o, win in zip(shape[:-1], out_shape[:-1], windows):
+        for w, o, win in zip(g.in_spatial, g.out_spatial, g.windows):
             # Evenly spaced when o divides w; otherwise windows start at floor(i*w/o): the
             # field is the longest window, spaced w/o apart on average, first one centred on
             # the first window (an approximation the summary states).
             longest = max(b - a for a, b in win)
             first = win[0][1] - win[0][0]
             rf.append(RFWindow(longest, w / o, (longest - first) / 2))
-        return LayerInfo(out_shape, 0, flops, rf=tuple(rf))
+        return LayerInfo(g.out_shape, 0, flops, rf=tuple(rf))
 
     return Layer(
         init,
         apply,
         name=name,
         kind="pool",
-        hparams={"output_size": requested},
+        hparams={"output_size": spec.output_size},
         info=info,
         description=describe(name, (output_size,)),
     )
@@ -298,7 +283,7 @@ def AdaptiveAvgPool(output_size) -> Layer:
     >>> AdaptiveAvgPool((1, 1)).init(jax.random.key(0), (7, 5, 3))[0]
     (1, 1, 3)
     """
-    return _adaptive_pool("AdaptiveAvgPool", ops.adaptive_avg_pool, output_size)
+    return _adaptive_pool("AdaptiveAvgPool", adaptive_avg_pool_with_spec, output_size)
 
 
 def AdaptiveMaxPool(output_size) -> Layer:
@@ -308,4 +293,4 @@ def AdaptiveMaxPool(output_size) -> Layer:
     >>> AdaptiveMaxPool(2).init(jax.random.key(0), (5, 5, 3))[0]
     (2, 2, 3)
     """
-    return _adaptive_pool("AdaptiveMaxPool", ops.adaptive_max_pool, output_size)
+    return _adaptive_pool("AdaptiveMaxPool", adaptive_max_pool_with_spec, output_size)

@@ -2,8 +2,10 @@
 
 Layouts are channels-last: ``x`` is ``(*batch, *spatial, c_in)`` with zero or more leading batch
 dims, the spatial rank ``d`` taken from the kernel (``kernel.ndim - 2``), and kernels are
-``(*kernel_size, c_in // groups, c_out)`` (HWIO). Every argument is checked by
-`jcnn.shapes.conv_geometry` before any ``lax`` call, so a bad call fails in the user's words.
+``(*kernel_size, c_in // groups, c_out)`` (HWIO). Hyperparameters are checked once
+into a spec (`jcnn.shapes.conv_spec`), shapes against it by `jcnn.shapes.conv_geometry`, all
+before any ``lax`` call, so a bad call fails in the user's words. Layers build their spec once
+and call `conv_with_spec` / `conv_transpose_with_spec`.
 
 Implementations (``impl=``):
 
@@ -25,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn import shapes
-from jcnn.shapes import ConvGeometry
+from jcnn import checks, shapes
+from jcnn.shapes import ConvGeometry, ConvSpec, ConvTransposeGeometry, ConvTransposeSpec
 
 IMPLS = ("xla", "direct", "im2col")
 CHOICES = ("auto",) + IMPLS
@@ -36,51 +38,33 @@ _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 __all__ = ["conv", "conv_transpose", "auto_impl", "IMPLS", "CHOICES"]
 
 
-def _as_float_array(value, name: str, where: str) -> jax.Array:
-    try:
-        arr = jnp.asarray(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{where}: `{name}` must be an array of floats, got {type(value).__name__} {value!r:.60}."
-        ) from None
-    if not jnp.issubdtype(arr.dtype, jnp.inexact):
-        raise TypeError(
-            f"{where}: `{name}` has dtype {arr.dtype}, but convolution needs floating point;"
-            f" cast it first, e.g. {name}.astype(jnp.float32)."
-        )
-    return arr
-
-
 def _operands(x, kernel, bias, where: str):
-    x = _as_float_array(x, "x", where)
-    kernel = _as_float_array(kernel, "kernel", where)
-    bias = None if bias is None else _as_float_array(bias, "bias", where)
+    """The three operands as jax arrays of one floating dtype (their promotion)."""
+    x = jnp.asarray(checks.as_array(x, where, "x", "inexact"))
+    kernel = jnp.asarray(checks.as_array(kernel, where, "kernel", "inexact"))
+    bias = None if bias is None else jnp.asarray(checks.as_array(bias, where, "bias", "inexact"))
     dtype = jnp.result_type(x, kernel) if bias is None else jnp.result_type(x, kernel, bias)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     bias = None if bias is None else bias.astype(dtype)
     return x, kernel, bias
 
 
-def _add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
+def add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``y + bias`` over the last (channel) axis, broadcast explicitly (no rank promotion)."""
     if bias is None:
         return y
     return y + lax.broadcast_in_dim(bias, y.shape, (y.ndim - 1,))
 
 
-def _accumulator(dtype) -> jnp.dtype:
-    # Sums of bf16/f16 products lose digits fast; accumulate them in float32 like XLA does.
-    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-
-
-def _pad(x: jax.Array, geo: ConvGeometry, mode: str) -> jax.Array:
-    """Pad the spatial dims of ``x`` by ``geo.padding`` with the given padding mode."""
+def _pad(x: jax.Array, geo: ConvGeometry) -> jax.Array:
+    """Pad the spatial dims of ``x`` by ``geo.padding`` in ``geo.padding_mode``."""
     if all(p == (0, 0) for p in geo.padding):
         return x
     d = len(geo.kernel_size)
     widths = [(0, 0)] * (x.ndim - d - 1) + list(geo.padding) + [(0, 0)]
-    if mode == "zeros":
+    if geo.padding_mode == "zeros":
         return jnp.pad(x, widths)
-    return jnp.pad(x, widths, mode=_PAD_MODES[mode])
+    return jnp.pad(x, widths, mode=_PAD_MODES[geo.padding_mode])
 
 
 def _offset_slices(xp: jax.Array, geo: ConvGeometry):
@@ -131,7 +115,7 @@ def _contract(patch: jax.Array, w: jax.Array, groups: int, precision, acc) -> ja
 
 def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
     """The lecture's sliding filter: one strided slice per kernel offset, times its kernel slice."""
-    acc = _accumulator(x.dtype)
+    acc = checks.accumulator_dtype(x.dtype)
     y = None
     for offset, patch in _offset_slices(x, geo):
         term = _contract(patch, kernel[offset], geo.groups, precision, acc)
@@ -144,7 +128,7 @@ def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
     if kernel.shape[-2] == 1 and geo.groups > 1:
         # Depthwise: there is no matmul to make; summing the taps directly is the fast form.
         return _conv_direct(x, kernel, geo, precision)
-    acc = _accumulator(x.dtype)
+    acc = checks.accumulator_dtype(x.dtype)
     taps = math.prod(geo.kernel_size)
     patches = jnp.stack([p for _, p in _offset_slices(x, geo)], axis=-2)  # (..., taps, c_in)
     cg, c_out = kernel.shape[-2:]
@@ -206,12 +190,14 @@ def _dimension_numbers(d: int) -> lax.ConvDimensionNumbers:
     )
 
 
-def _with_one_batch_dim(x: jax.Array, geo: ConvGeometry) -> jax.Array:
+def _with_one_batch_dim(x: jax.Array, geo: ConvGeometry | ConvTransposeGeometry) -> jax.Array:
     # lax wants exactly one batch dim; a reshape of the leading dims is free (no data moves).
     return x.reshape((math.prod(geo.batch_shape),) + x.shape[len(geo.batch_shape) :])
 
 
-def _conv_xla(x, kernel, geo: ConvGeometry, padding, precision, lhs_dilation=None) -> jax.Array:
+def _conv_xla(
+    x, kernel, geo: ConvGeometry | ConvTransposeGeometry, padding, precision, lhs_dilation=None
+) -> jax.Array:
     d = len(geo.kernel_size)
     y = lax.conv_general_dilated(
         _with_one_batch_dim(x, geo),
@@ -227,20 +213,58 @@ def _conv_xla(x, kernel, geo: ConvGeometry, padding, precision, lhs_dilation=Non
     return y.reshape(geo.out_shape)
 
 
-def auto_impl(geo: ConvGeometry, backend: str | None = None) -> str:
-    """The implementation ``impl="auto"`` picks for a geometry on a backend.
+def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
+    """The implementation ``impl="auto"`` picks for a geometry (and dtype) on a backend.
 
     The rule comes from ``experiments/bench.py`` (numbers in experiments/RESULTS.md):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
     * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
-    * CPU, 2-D and 3-D: ``"im2col"`` (depthwise convs take its direct form); XLA's CPU
-      convolution *backward* pass is several times slower than chunked matmuls.
+    * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
+      are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
+      6.6 ms at batch 2).
+    * CPU, 2-D and 3-D, float32/float64: ``"im2col"`` (depthwise convs take its direct form);
+      XLA's CPU convolution *backward* pass is several times slower than chunked matmuls.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or len(geo.kernel_size) == 1:
         return "xla"
+    if dtype is not None and jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating):
+        return "xla"
     return "im2col"
+
+
+def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array:
+    """The convolution itself, on checked operands and their concrete geometry."""
+    if impl == "auto":
+        impl = auto_impl(geo, dtype=x.dtype)
+    if impl == "xla":
+        if geo.padding_mode == "zeros":
+            y = _conv_xla(x, kernel, geo, geo.padding, precision)
+        else:
+            y = _conv_xla(_pad(x, geo), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
+    else:
+        fn = _conv_direct if impl == "direct" else _conv_im2col
+        y = _chunked(fn, _pad(x, geo), kernel, geo, precision)
+    return add_bias(y, bias)
+
+
+def conv_with_spec(
+    spec: ConvSpec, x, kernel, bias=None, *, impl: str = "auto", precision=None, where: str = "conv"
+) -> jax.Array:
+    """`conv` with its hyperparameters already checked: what a `Conv` layer's ``apply`` calls.
+
+    Checks the operands' types and shapes against ``spec`` (free under ``jit``), never the
+    hyperparameters again. ``impl`` must be one of `CHOICES` (checked where it was given).
+    ``x`` may have any number of leading batch dims; the hand-written impls chunk over them.
+
+    >>> spec = shapes.conv_spec(5)
+    >>> conv_with_spec(spec, jnp.ones((2, 32, 32, 3)), jnp.ones((5, 5, 3, 10))).shape
+    (2, 28, 28, 10)
+    """
+    x, kernel, bias = _operands(x, kernel, bias, where)
+    geo = shapes.conv_geometry(spec, x.shape, kernel.shape, None if bias is None else bias.shape, where=where)
+    return _conv(x, kernel, bias, geo, impl, precision)
 
 
 def conv(
@@ -268,8 +292,8 @@ def conv(
       dilation: kernel dilation, int or d ints, >= 1.
       groups: feature groups; ``groups == c_in`` is a depthwise conv.
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
-      impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend and shape), ``"xla"``,
-        ``"direct"`` or ``"im2col"``; all give the same numbers.
+      impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend, shape and dtype),
+        ``"xla"``, ``"direct"`` or ``"im2col"``; all give the same numbers.
       precision: passed to ``lax`` (e.g. ``lax.Precision.HIGHEST``).
 
     Returns:
@@ -278,20 +302,17 @@ def conv(
     Raises:
       ShapeError: shapes that do not fit (channels, groups, bias, kernel larger than the input).
       ValueError: bad hyperparameters (strides, padding, names).
-      TypeError: integer input (cast to float first).
+      TypeError: integer input (cast to float first), or something that is not an array.
 
     >>> x = jnp.ones((32, 32, 3)); k = jnp.ones((5, 5, 3, 10))
     >>> conv(x, k).shape
     (28, 28, 10)
     """
     where = "conv"
-    if impl not in CHOICES:
-        raise ValueError(f"{where}: `impl` must be one of {', '.join(map(repr, CHOICES))}, got {impl!r}.")
-    x, kernel, bias = _operands(x, kernel, bias, where)
-    geo = shapes.conv_geometry(
-        x.shape,
-        kernel.shape,
-        None if bias is None else bias.shape,
+    impl = checks.one_of(impl, CHOICES, where, "impl")
+    kernel = checks.as_array(kernel, where, "kernel", "inexact")
+    spec = shapes.conv_spec(
+        shapes.kernel_size_of(kernel.shape, where, shapes.CONV_KERNEL_LAYOUT),
         strides=strides,
         padding=padding,
         dilation=dilation,
@@ -299,18 +320,43 @@ def conv(
         padding_mode=padding_mode,
         where=where,
     )
-    mode = shapes.canonicalize_padding_mode(padding_mode, where)
-    if impl == "auto":
-        impl = auto_impl(geo)
-    if impl == "xla":
-        if mode == "zeros":
-            y = _conv_xla(x, kernel, geo, geo.padding, precision)
-        else:
-            y = _conv_xla(_pad(x, geo, mode), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
-    else:
-        fn = _conv_direct if impl == "direct" else _conv_im2col
-        y = _chunked(fn, _pad(x, geo, mode), kernel, geo, precision)
-    return _add_bias(y, bias)
+    return conv_with_spec(spec, x, kernel, bias, impl=impl, precision=precision, where=where)
+
+
+def _conv_transpose(x, kernel, bias, geo: ConvTransposeGeometry, precision) -> jax.Array:
+    """The transposed convolution on checked operands and their concrete geometry."""
+    d = len(geo.kernel_size)
+    # A transposed conv is a stride-1 conv over the input dilated by the stride, with the kernel
+    # flipped and its in/out roles swapped, padded by dilation*(F-1) minus PyTorch's crop.
+    w = lax.rev(kernel, tuple(range(d)))
+    if geo.groups > 1:
+        g = geo.groups
+        cg, og = geo.in_channels // g, kernel.shape[-1]
+        # (*k, g*cg, og) -> (*k, cg, g*og): lax wants the groups on the output-feature axis.
+        w = jnp.swapaxes(w.reshape(geo.kernel_size + (g, cg, og)), d, d + 1).reshape(
+            geo.kernel_size + (cg, g * og)
+        )
+    full = tuple(r * (k - 1) for r, k in zip(geo.dilation, geo.kernel_size))
+    pads = tuple((f - lo, f - hi + op) for f, (lo, hi), op in zip(full, geo.crop, geo.output_padding))
+    y = _conv_xla(x, w, geo, pads, precision, lhs_dilation=geo.strides)
+    return add_bias(y, bias)
+
+
+def conv_transpose_with_spec(
+    spec: ConvTransposeSpec, x, kernel, bias=None, *, precision=None, where: str = "conv_transpose"
+) -> jax.Array:
+    """`conv_transpose` with its hyperparameters already checked (a `ConvTranspose` layer's
+    ``apply``): checks the operands against ``spec``, nothing else.
+
+    >>> spec = shapes.conv_transpose_spec(3, 2)
+    >>> conv_transpose_with_spec(spec, jnp.ones((3, 3, 4)), jnp.ones((3, 3, 4, 2))).shape
+    (7, 7, 2)
+    """
+    x, kernel, bias = _operands(x, kernel, bias, where)
+    geo = shapes.conv_transpose_geometry(
+        spec, x.shape, kernel.shape, None if bias is None else bias.shape, where=where
+    )
+    return _conv_transpose(x, kernel, bias, geo, precision)
 
 
 def conv_transpose(
@@ -349,31 +395,14 @@ def conv_transpose(
     (7, 7, 2)
     """
     where = "conv_transpose"
-    x, kernel, bias = _operands(x, kernel, bias, where)
-    geo = shapes.conv_transpose_geometry(
-        x.shape,
-        kernel.shape,
-        None if bias is None else bias.shape,
-        strides=strides,
-        padding=padding,
-        output_padding=output_padding,
-        dilation=dilation,
-        groups=groups,
+    kernel = checks.as_array(kernel, where, "kernel", "inexact")
+    spec = shapes.conv_transpose_spec(
+        shapes.kernel_size_of(kernel.shape, where, shapes.CONV_TRANSPOSE_KERNEL_LAYOUT),
+        strides,
+        padding,
+        output_padding,
+        dilation,
+        groups,
         where=where,
     )
-    d = len(geo.kernel_size)
-    ops = shapes.canonicalize_ints(output_padding, d, where, "output_padding", minimum=0)
-    # A transposed conv is a stride-1 conv over the input dilated by the stride, with the kernel
-    # flipped and its in/out roles swapped, padded by dilation*(F-1) minus PyTorch's crop.
-    w = lax.rev(kernel, tuple(range(d)))
-    if geo.groups > 1:
-        g = geo.groups
-        cg, og = geo.in_channels // g, kernel.shape[-1]
-        # (*k, g*cg, og) -> (*k, cg, g*og): lax wants the groups on the output-feature axis.
-        w = jnp.swapaxes(w.reshape(geo.kernel_size + (g, cg, og)), d, d + 1).reshape(
-            geo.kernel_size + (cg, g * og)
-        )
-    full = tuple(r * (k - 1) for r, k in zip(geo.dilation, geo.kernel_size))
-    pads = tuple((f - lo, f - hi + op) for f, (lo, hi), op in zip(full, geo.padding, ops))
-    y = _conv_xla(x, w, geo, pads, precision, lhs_dilation=geo.strides)
-    return _add_bias(y, bias)
+    return conv_transpose_with_spec(spec, x, kernel, bias, precision=precision, where=where)

@@ -5,7 +5,9 @@ dims; the spatial rank ``d`` comes from ``window_shape`` (an int means square 2-
 ``output_size`` or ``spatial_dims``, never from ``x.ndim``. A windowed pool is one
 ``lax.reduce_window`` over the array as given, with windows of 1 on the batch and channel dims:
 no transposes, no host round-trips, and every check looks at shapes and dtypes only, so it is
-free under ``jit``. Shape arithmetic and its error messages live in `jcnn.shapes`.
+free under ``jit``. Shape arithmetic and its error messages live in `jcnn.shapes`: each public
+op builds its spec (`jcnn.shapes.pool_spec`, ...) and calls its ``*_with_spec`` twin, which the
+pooling layers call with the spec they built once.
 
 Semantics that differ between frameworks, fixed here to PyTorch's:
 
@@ -18,8 +20,8 @@ Semantics that differ between frameworks, fixed here to PyTorch's:
   ``divisor_override`` replaces both. Padding names (``"SAME"``...) resolve to explicit
   ``(lo, hi)`` pairs first, so ``"SAME"`` with ``count_include_pad=False`` gives TensorFlow's
   SAME average pool.
-- Padding is at most half the window on each side (`jcnn.shapes.check_pool_padding`,
-  PyTorch's rule), so a window cannot start or end in padding alone.
+- Padding is at most half the window on each side (`jcnn.shapes.pool_spec`, PyTorch's rule),
+  so a window cannot start or end in padding alone.
 - Adaptive windows: output ``i`` of a dim of size ``W`` pools ``[floor(i*W/O), ceil((i+1)*W/O))``.
 """
 
@@ -29,15 +31,14 @@ import functools
 import itertools
 import math
 import numbers
-import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn import shapes
-from jcnn.shapes import PaddingLike, ShapeError
+from jcnn import checks, shapes
+from jcnn.shapes import AdaptivePoolSpec, PaddingLike, PoolSpec
 
 __all__ = [
     "max_pool",
@@ -56,25 +57,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_numeric(x: jax.Array, where: str) -> None:
-    """Max and min pooling: any real float or integer dtype."""
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-        raise TypeError(f"{where}: `x` must have a real floating-point or integer dtype, got {x.dtype}.")
-
-
-def _check_float(x: jax.Array, where: str) -> None:
-    """Averages of integers are not integers: ask for a cast rather than pick a rounding."""
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"{where}: `x` must have a floating-point dtype, got {x.dtype}; cast it first,"
-            f" e.g. `x.astype(jnp.float32)`."
-        )
-
-
-def _compute_dtype(dtype) -> np.dtype:
-    # Sums over windows of bfloat16/float16 lose digits fast; accumulate in float32 as
-    # PyTorch's CPU kernels (and jnp.mean) do, and round once at the end.
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
+def _operand(x, where: str, dtypes: str) -> jax.Array:
+    """``x`` as a jax array of an accepted dtype: ``"real"`` (max/min: floats or integers) or
+    ``"float"`` (averages of integers are not integers: ask for a cast rather than pick a
+    rounding)."""
+    return jnp.asarray(checks.as_array(x, where, "x", dtypes))
 
 
 def _identity(op, dtype) -> np.ndarray:
@@ -184,15 +171,6 @@ def _divisor(g: shapes.PoolGeometry, include_pad: bool) -> np.ndarray:
     return counts
 
 
-def _as_array(x, where: str) -> jax.Array:
-    if isinstance(x, jax.Array):
-        return x
-    try:
-        return jnp.asarray(x)
-    except TypeError:
-        raise TypeError(f"{where}: `x` must be an array, got {type(x).__name__}.") from None
-
-
 def _broadcast_static(values: np.ndarray, nbatch: int, dtype) -> jax.Array | np.ndarray:
     """A static per-output-pixel array, shaped to broadcast without rank promotion."""
     flat = values.reshape(-1)
@@ -245,11 +223,19 @@ def max_pool(
     [[5.0, 7.0], [13.0, 15.0]]
     """
     where = "max_pool"
-    x = _as_array(x, where)
-    g = shapes.pool_geometry(
-        x.shape, window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where
-    )
-    _check_numeric(x, where)
+    spec = shapes.pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
+    return max_pool_with_spec(spec, x, where=where)
+
+
+def max_pool_with_spec(spec: PoolSpec, x, *, where: str = "max_pool") -> jax.Array:
+    """`max_pool` with its hyperparameters already checked (a `MaxPool` layer's ``apply``):
+    checks ``x``'s type and shape only.
+
+    >>> max_pool_with_spec(shapes.pool_spec(2), jnp.ones((8, 4, 4, 3))).shape
+    (8, 2, 2, 3)
+    """
+    x = _operand(x, where, "real")
+    g = shapes.pool_geometry(spec, x.shape, where=where)
     return _extremum(x, lax.max, g)
 
 
@@ -272,31 +258,10 @@ def min_pool(
     [[0.0, 2.0], [8.0, 10.0]]
     """
     where = "min_pool"
-    x = _as_array(x, where)
-    g = shapes.pool_geometry(
-        x.shape, window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where
-    )
-    _check_numeric(x, where)
+    spec = shapes.pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
+    x = _operand(x, where, "real")
+    g = shapes.pool_geometry(spec, x.shape, where=where)
     return _extremum(x, lax.min, g)
-
-
-def _check_divisor_override(divisor_override, where: str) -> int | None:
-    if divisor_override is None:
-        return None
-    if isinstance(divisor_override, bool) or not isinstance(divisor_override, numbers.Integral):
-        raise TypeError(
-            f"{where}: `divisor_override` must be None or an int, got {divisor_override!r} of"
-            f" type {type(divisor_override).__name__}."
-        )
-    if divisor_override == 0:
-        raise ValueError(f"{where}: `divisor_override` must be nonzero (or None), got 0.")
-    return operator.index(divisor_override)
-
-
-def _check_flag(value, where: str, name: str) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return bool(value)
-    raise TypeError(f"{where}: `{name}` must be True or False, got {value!r}.")
 
 
 def avg_pool(
@@ -349,17 +314,33 @@ def avg_pool(
     [4.5, 6.0, 9.0, 10.5]
     """
     where = "avg_pool"
-    x = _as_array(x, where)
-    g = shapes.pool_geometry(x.shape, window_shape, strides, padding, 1, ceil_mode=ceil_mode, where=where)
-    _check_float(x, where)
-    count_include_pad = _check_flag(count_include_pad, where, "count_include_pad")
-    divisor_override = _check_divisor_override(divisor_override, where)
-    dtype = _compute_dtype(x.dtype)
+    spec = shapes.pool_spec(
+        window_shape,
+        strides,
+        padding,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
+        where=where,
+    )
+    return avg_pool_with_spec(spec, x, where=where)
+
+
+def avg_pool_with_spec(spec: PoolSpec, x, *, where: str = "avg_pool") -> jax.Array:
+    """`avg_pool` with its hyperparameters already checked (an `AvgPool` layer's ``apply``):
+    checks ``x``'s type and shape only. ``spec.dilation`` must be all 1s (`avg_pool` has none).
+
+    >>> avg_pool_with_spec(shapes.pool_spec(2), jnp.ones((8, 4, 4, 3))).shape
+    (8, 2, 2, 3)
+    """
+    x = _operand(x, where, "float")
+    g = shapes.pool_geometry(spec, x.shape, where=where)
+    dtype = checks.accumulator_dtype(x.dtype)
     total = _reduce_window(x.astype(dtype), lax.add, g)
-    if divisor_override is not None:
-        divisor = np.asarray(divisor_override, dtype)
+    if spec.divisor_override is not None:
+        divisor = np.asarray(spec.divisor_override, dtype)
     else:
-        divisor = _broadcast_static(_divisor(g, count_include_pad), len(g.batch_shape), dtype)
+        divisor = _broadcast_static(_divisor(g, spec.count_include_pad), len(g.batch_shape), dtype)
     return (total / divisor).astype(x.dtype)
 
 
@@ -418,13 +399,13 @@ def lp_pool(
     [5.0, 10.0]
     """
     where = "lp_pool"
-    x = _as_array(x, where)
     p = _check_p(p, where)
-    g = shapes.pool_geometry(x.shape, window_shape, strides, padding, 1, ceil_mode=ceil_mode, where=where)
-    _check_float(x, where)
+    spec = shapes.pool_spec(window_shape, strides, padding, ceil_mode=ceil_mode, where=where)
+    x = _operand(x, where, "float")
+    g = shapes.pool_geometry(spec, x.shape, where=where)
     if p == math.inf:
         return _reduce_window(jnp.abs(x), lax.max, g)
-    dtype = _compute_dtype(x.dtype)
+    dtype = checks.accumulator_dtype(x.dtype)
     total = _reduce_window(_power(x.astype(dtype), p), lax.add, g)
     # PyTorch: avg_pool2d(x**p, count_include_pad=True) * kw*kh. Outside ceil-mode overhangs the
     # divisor is the full window and the factor is exactly 1.
@@ -439,16 +420,9 @@ def lp_pool(
 # --------------------------------------------------------------------------------------------
 
 
-def _spatial_axes(x: jax.Array, spatial_dims, where: str) -> tuple[int, ...]:
-    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral):
-        raise TypeError(
-            f"{where}: `spatial_dims` must be an int (the number of spatial dims), got"
-            f" {spatial_dims!r} of type {type(spatial_dims).__name__}."
-        )
-    d = operator.index(spatial_dims)
-    if d < 1:
-        raise ShapeError(f"{where}: `spatial_dims` must be >= 1, got {d}.")
-    shapes.check_pool_input(x.shape, d, f"`spatial_dims`={d}", where)
+def _spatial_axes(x: jax.Array, d: int, where: str) -> tuple[int, ...]:
+    """The ``d`` axes before the channel axis, after checking ``x`` has them."""
+    shapes.check_input(x.shape, d, f"`spatial_dims`={d}", where)
     return tuple(range(x.ndim - d - 1, x.ndim - 1))
 
 
@@ -474,9 +448,17 @@ def global_avg_pool(x: jax.Array, spatial_dims: int = 2) -> jax.Array:
     [3.0, 4.0]
     """
     where = "global_avg_pool"
-    x = _as_array(x, where)
+    return global_avg_pool_with_spec(shapes.global_pool_spec(spatial_dims, where), x, where=where)
+
+
+def global_avg_pool_with_spec(spatial_dims: int, x, *, where: str = "global_avg_pool") -> jax.Array:
+    """`global_avg_pool` with ``spatial_dims`` already checked (`jcnn.shapes.global_pool_spec`).
+
+    >>> global_avg_pool_with_spec(2, jnp.ones((8, 4, 4, 3))).shape
+    (8, 3)
+    """
+    x = _operand(x, where, "float")
     axes = _spatial_axes(x, spatial_dims, where)
-    _check_float(x, where)
     return jnp.mean(x, axis=axes)
 
 
@@ -499,9 +481,17 @@ def global_max_pool(x: jax.Array, spatial_dims: int = 2) -> jax.Array:
     [6.0, 7.0]
     """
     where = "global_max_pool"
-    x = _as_array(x, where)
+    return global_max_pool_with_spec(shapes.global_pool_spec(spatial_dims, where), x, where=where)
+
+
+def global_max_pool_with_spec(spatial_dims: int, x, *, where: str = "global_max_pool") -> jax.Array:
+    """`global_max_pool` with ``spatial_dims`` already checked (`jcnn.shapes.global_pool_spec`).
+
+    >>> global_max_pool_with_spec(1, jnp.ones((8, 4, 3))).shape
+    (8, 3)
+    """
+    x = _operand(x, where, "real")
     axes = _spatial_axes(x, spatial_dims, where)
-    _check_numeric(x, where)
     return jnp.max(x, axis=axes)
 
 
@@ -525,7 +515,7 @@ def _uniform(windows) -> tuple[int, int] | None:
     return length, steps.pop()
 
 
-def _adaptive(x: jax.Array, output_size, op, where: str) -> jax.Array:
+def _adaptive(x: jax.Array, geo: shapes.AdaptivePoolGeometry, op) -> jax.Array:
     """Adaptive pooling, separable per spatial dim.
 
     Dims whose windows are evenly strided with one length (always when ``W % O == 0``, and
@@ -534,16 +524,10 @@ def _adaptive(x: jax.Array, output_size, op, where: str) -> jax.Array:
     and reduces over ``L``: a max ignores the repeats, a mean masks them out. Max and mean over
     a box are both separable, so the order of the dims does not matter.
     """
-    requested = shapes.canonicalize_output_size(output_size, where)
-    d = len(requested)
-    shapes.check_pool_input(x.shape, d, f"`output_size` {requested} has {d}", where)
-    nb = x.ndim - d - 1
-    in_spatial = x.shape[nb:-1]
-    out_spatial = shapes.adaptive_output_shape(in_spatial, requested, where)
-    windows = [shapes.adaptive_windows(w, o) for w, o in zip(in_spatial, out_spatial)]
+    d, nb, windows = len(geo.in_spatial), len(geo.batch_shape), geo.windows
     plans = [_uniform(win) for win in windows]
 
-    y = x.astype(_compute_dtype(x.dtype)) if op is lax.add else x
+    y = x.astype(checks.accumulator_dtype(x.dtype)) if op is lax.add else x
     if any(plan is not None and plan[0] > 1 for plan in plans):
         window = tuple(1 if plan is None else plan[0] for plan in plans)
         stride = tuple(1 if plan is None else plan[1] for plan in plans)
@@ -600,9 +584,17 @@ def adaptive_avg_pool(x: jax.Array, output_size) -> jax.Array:
     [0.5, 2.0, 3.5]
     """
     where = "adaptive_avg_pool"
-    x = _as_array(x, where)
-    _check_float(x, where)
-    return _adaptive(x, output_size, lax.add, where)
+    return adaptive_avg_pool_with_spec(shapes.adaptive_pool_spec(output_size, where), x, where=where)
+
+
+def adaptive_avg_pool_with_spec(spec: AdaptivePoolSpec, x, *, where: str = "adaptive_avg_pool") -> jax.Array:
+    """`adaptive_avg_pool` with ``output_size`` already checked (an `AdaptiveAvgPool` layer).
+
+    >>> adaptive_avg_pool_with_spec(shapes.adaptive_pool_spec(1), jnp.ones((8, 5, 5, 3))).shape
+    (8, 1, 1, 3)
+    """
+    x = _operand(x, where, "float")
+    return _adaptive(x, shapes.adaptive_pool_geometry(spec, x.shape, where=where), lax.add)
 
 
 def adaptive_max_pool(x: jax.Array, output_size) -> jax.Array:
@@ -626,6 +618,14 @@ def adaptive_max_pool(x: jax.Array, output_size) -> jax.Array:
     [1.0, 3.0, 4.0]
     """
     where = "adaptive_max_pool"
-    x = _as_array(x, where)
-    _check_numeric(x, where)
-    return _adaptive(x, output_size, lax.max, where)
+    return adaptive_max_pool_with_spec(shapes.adaptive_pool_spec(output_size, where), x, where=where)
+
+
+def adaptive_max_pool_with_spec(spec: AdaptivePoolSpec, x, *, where: str = "adaptive_max_pool") -> jax.Array:
+    """`adaptive_max_pool` with ``output_size`` already checked (an `AdaptiveMaxPool` layer).
+
+    >>> adaptive_max_pool_with_spec(shapes.adaptive_pool_spec((2,)), jnp.ones((5, 3))).shape
+    (2, 3)
+    """
+    x = _operand(x, where, "real")
+    return _adaptive(x, shapes.adaptive_pool_geometry(spec, x.shape, where=where), lax.max)
