@@ -962,16 +962,30 @@ def global_pool_spec(spatial_dims, where: str = "global_pool") -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def check_input(x_shape, d: int, source: str, where: str) -> Shape:
+def check_input(x_shape, d: int, source: str, where: str, batch_ndim: int | None = None) -> Shape:
     """``x`` must be ``(*batch, *spatial, c)`` with ``d`` spatial dims, every one of them >= 1.
 
-    The one rank check of the ops and the layers' ``apply``: any number of leading batch dims.
+    The one rank check of the ops and the layers' ``apply``. The ops take any number of leading
+    batch dims (``batch_ndim=None``); a layer's ``apply`` is told how many it gets
+    (``batch_ndim``, see `jcnn.layers.Layer`) and needs exactly that many.
     ``source`` says where ``d`` came from, e.g. ``"`window_shape` (2, 2) has 2"``.
 
     >>> check_input((4, 28, 28, 1), 2, "`window_shape` (2, 2) has 2", "max_pool")
     (4, 28, 28, 1)
     """
     x_shape = tuple(x_shape)
+    if batch_ndim is not None and len(x_shape) != batch_ndim + d + 1:
+        batch = "one example" if batch_ndim == 0 else f"{batch_ndim} leading batch dim(s) and one example"
+        hint = ""
+        if len(x_shape) > batch_ndim + d + 1:
+            hint = (
+                f" For a batch pass `batch_ndim={len(x_shape) - d - 1}` to `apply`, or use"
+                " jcnn.layers.batched(model)."
+            )
+        raise ShapeError(
+            f"{where}: `apply` expects {batch} of shape (*spatial, channels) with {d} spatial dim(s)"
+            f" ({source}), got x of shape {x_shape}.{hint}"
+        )
     if len(x_shape) < d + 1:
         hint = (
             " A single-channel input needs a trailing channel dim: x[..., None]." if len(x_shape) == d else ""

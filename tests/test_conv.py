@@ -1305,7 +1305,7 @@ def test_conv_layers_take_leading_batch_dims(name, batch):
     layer, shape = _layer_batch_cases()[name]
     out_shape, params, state = layer.init(jax.random.key(0), shape)
     x = jnp.asarray(np.random.default_rng(0).normal(size=batch + shape), jnp.float32)
-    y, new_state = layer.apply(params, state, x)
+    y, new_state = layer.apply(params, state, x, batch_ndim=len(batch))
     assert y.shape == batch + out_shape and new_state == state
     flat = x.reshape((-1,) + shape)
     loop = jnp.stack([layer.apply(params, state, xi)[0] for xi in flat]).reshape(y.shape)
@@ -1329,9 +1329,10 @@ def test_conv_layer_chunks_the_batch_it_receives(impl, monkeypatch):
     per_example = 7 * 6 * 4 * 2 * 4  # out pixels x taps x c_in x itemsize (float32)
     monkeypatch.setattr(conv_module, "CHUNK_BYTES", 2 * per_example + 1)
     apply = functools.partial(layer.apply, params, state)
-    prims = {str(e.primitive) for e in jax.make_jaxpr(apply)(x).jaxpr.eqns}
+    batch_apply = functools.partial(layer.apply, params, state, batch_ndim=1)
+    prims = {str(e.primitive) for e in jax.make_jaxpr(batch_apply)(x).jaxpr.eqns}
     assert prims & {"scan", "while"}, prims
-    y = apply(x)[0]
+    y = batch_apply(x)[0]
     loop = jnp.stack([apply(xi)[0] for xi in x])
     vmapped = jax.vmap(lambda xi: apply(xi)[0])(x)
     np.testing.assert_allclose(y, loop, rtol=1e-5, atol=1e-5)
@@ -1427,7 +1428,7 @@ def test_fuzz_classes_get_jcnn_errors(call, match):
             lambda L: L.Conv(4, 3),
             [[1.0] * 2] * 2,
             ValueError,
-            r"^Conv: `x` must have shape \(\*batch, \*spatial",
+            r"^Conv: `apply` expects one example of shape \(\*spatial, channels\) with 2 spatial dim",
         ),
     ],
 )
@@ -1446,4 +1447,6 @@ def test_conv_layer_accepts_nested_lists():
     layer = Conv(2, 2)
     _, params, state = layer.init(jax.random.key(0), (3, 3, 1))
     x = np.arange(18.0).reshape(2, 3, 3, 1)
-    np.testing.assert_allclose(layer.apply(params, state, x.tolist())[0], layer.apply(params, state, x)[0])
+    np.testing.assert_allclose(
+        layer.apply(params, state, x.tolist(), batch_ndim=1)[0], layer.apply(params, state, x, batch_ndim=1)[0]
+    )

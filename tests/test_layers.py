@@ -230,7 +230,7 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
     # The summary's arithmetic (info, folded through combinators) agrees with init.
     assert output_shape(layer, shape) == out_shape
     # Two leading batch dims straight into apply, training mode.
-    assert layer.takes_batch or name.startswith(("Conv", "MaxPool", "AvgPool", "Global", "Adaptive"))
+    assert layer.takes_batch
     x2 = jax.ShapeDtypeStruct((2, 3, *shape), jnp.float32)
     y2, s2 = jax.eval_shape(
         lambda p, s, x: apply_child(layer, p, s, x, key=KEY, train=True, batch_ndim=2), params, state, x2
@@ -463,12 +463,6 @@ def test_batched_dense_sees_the_real_batch_and_a_user_layer_falls_back_to_vmap(m
     np.testing.assert_allclose(jnp.abs(y).sum(-1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Conv and MaxPool take one example until helper A's batched layers are merged (issue 9):"
-    " then this passes, and strict=True makes the merge remove this mark.",
-)
 def test_batched_lenet_conv_sees_the_real_batch(monkeypatch):
     model = serial(
         Conv(20, 5, padding=2, impl="xla"),
@@ -778,7 +772,7 @@ INIT_ERRORS = [
     ),
     (lambda: Conv(4, 3), (2, 5, 5, 3), ShapeError, r"drop the batch dim"),
     (lambda: Conv(4, 3), (5, 5), ShapeError, r"trailing channel dim"),
-    (lambda: MaxPool(4), (3, 3, 1), ShapeError, r"MaxPool: the kernel of size 4 is larger"),
+    (lambda: MaxPool(4), (3, 3, 1), ShapeError, r"MaxPool: the window of size 4 is larger"),
     (lambda: GlobalAvgPool(), (5, 3), ShapeError, r"GlobalAvgPool: .*2 spatial dim.*\(5, 3\)"),
     (
         lambda: residual(Conv(4, 3)),
@@ -833,7 +827,7 @@ def test_init_errors(make, shape, exc, match):
 CONSTRUCTOR_ERRORS = [
     (lambda: serial(Relu, Dense(2)), TypeError, r"serial: argument 0 must be a Layer.*Write Relu\(\)"),
     (lambda: parallel(), ValueError, r"parallel: needs at least one layer"),
-    (lambda: Conv(0, 3), ValueError, r"Conv: `out_channels` must be an int >= 1, got 0"),
+    (lambda: Conv(0, 3), ValueError, r"Conv: `out_channels` must be >= 1, got 0"),
     (lambda: Conv(4.0, 3), TypeError, r"Conv: `out_channels` must be an int"),
     (
         lambda: Conv(5, 3, groups=2),
@@ -860,7 +854,7 @@ CONSTRUCTOR_ERRORS = [
         r"ConvTranspose: `padding` must be .*PyTorch's numeric padding",
     ),
     (lambda: MaxPool(3, padding=2), ShapeError, r"MaxPool: padding must be at most half the window"),
-    (lambda: AvgPool(2, divisor_override=0), ValueError, r"AvgPool: `divisor_override` must be an int >= 1"),
+    (lambda: AvgPool(2, divisor_override=0), ValueError, r"AvgPool: `divisor_override` must be nonzero \(or None\), got 0"),
     (
         lambda: Dropout(1.5),
         ValueError,
@@ -874,7 +868,7 @@ CONSTRUCTOR_ERRORS = [
     ),
     (lambda: BatchNorm(eps=-1), ValueError, r"BatchNorm: `eps` must be a number >= 0"),
     (lambda: LayerNorm(axes=()), TypeError, r"LayerNorm: `axes` must be an int or a non-empty tuple"),
-    (lambda: GroupNorm(0), ValueError, r"GroupNorm: `num_groups` must be an int >= 1"),
+    (lambda: GroupNorm(0), ValueError, r"GroupNorm: `num_groups` must be >= 1"),
     (lambda: Dense(2, precision="fast"), ValueError, r"Dense: `precision` must be None, a jax.lax.Precision, one of"),
     (lambda: batched(lambda x: x), TypeError, r"batched: expects a Layer"),
     (lambda: residual(Relu(), shortcut=Relu), TypeError, r"residual shortcut: argument 0 must be a Layer"),
@@ -898,7 +892,8 @@ def test_apply_errors_name_the_layer_and_both_shapes():
         jax.eval_shape(model.apply, params, state, jnp.ones((28, 28, 3)))
     with pytest.raises(
         ShapeError,
-        match=r"^serial\[0\] Conv: .*got x of shape \(8, 28, 28, 1\)\. `apply` takes one example.*batched",
+        match=r"^serial\[0\] Conv: `apply` expects one example .*got x of shape \(8, 28, 28, 1\)\. For a batch pass"
+        r" `batch_ndim=1`.*batched",
     ):
         jax.eval_shape(model.apply, params, state, jnp.ones((8, 28, 28, 1)))
     # Wrong spatial size: the Dense after Flatten names both feature counts. Checked under jit too.
@@ -910,7 +905,7 @@ def test_apply_errors_name_the_layer_and_both_shapes():
         ValueError, match=r"serial: `params` must be a tuple with one entry per layer \(10\), got 3"
     ):
         jax.eval_shape(model.apply, params[:3], state, jnp.ones((28, 28, 1)))
-    with pytest.raises(ShapeError, match=r"MaxPool: expects one example .*got x of shape \(2, 4, 4, 1\)"):
+    with pytest.raises(ShapeError, match=r"MaxPool: `apply` expects one example .*got x of shape \(2, 4, 4, 1\)"):
         MaxPool(2).apply((), (), jnp.ones((2, 4, 4, 1)))
     with pytest.raises(ShapeError, match=r"BatchNorm: input has 4 channels .* initialised for 3"):
         BatchNorm().apply(*BatchNorm().init(KEY, (3,))[1:], jnp.ones(4))

@@ -1074,7 +1074,7 @@ def test_pool_layers_take_leading_batch_dims(name, batch):
     layer, shape = _pool_layer_cases()[name]
     out_shape, params, state = layer.init(jax.random.key(0), shape)
     x = distinct(batch + shape, seed=len(batch)).astype(np.float32)
-    y, new_state = layer.apply(params, state, x)
+    y, new_state = layer.apply(params, state, x, batch_ndim=len(batch))
     assert y.shape == batch + out_shape and new_state == state
     flat = x.reshape((-1,) + shape)
     loop = jnp.stack([layer.apply(params, state, xi)[0] for xi in flat]).reshape(y.shape)

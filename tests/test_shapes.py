@@ -1,6 +1,7 @@
 """Tests for jcnn.shapes: the seed's numbers, every padding form, laws checked by brute force,
 and PyTorch's ceil_mode rule."""
 
+import functools
 import math
 
 import jax
@@ -690,8 +691,8 @@ def test_layers_parse_padding_once_at_construction(case, padding_calls):
     assert len(padding_calls) == 1, padding_calls
     out_shape, params, state = layer.init(jax.random.key(0), shape)
     x = jax.numpy.ones((2,) + shape)
-    y, _ = layer.apply(params, state, x)
-    y_jit, _ = jax.jit(layer.apply)(params, state, x)
+    y, _ = layer.apply(params, state, x, batch_ndim=1)
+    y_jit, _ = jax.jit(functools.partial(layer.apply, batch_ndim=1))(params, state, x)
     info = layer.info(shape)
     assert y.shape == y_jit.shape == (2,) + out_shape and info.output_shape == out_shape
     assert len(padding_calls) == 1, padding_calls  # none in init, apply (eager or traced) or info

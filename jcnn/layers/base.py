@@ -194,13 +194,8 @@ class Layer:
     info: InfoFn | ComposeFn | None = None
     takes_batch: bool = False
     description: str | None = None
-    # TRANSITIONAL, remove when conv.py / pool.py are merged onto `spec` (issue 9): accepted from
-    # the old constructor call and dropped, so that those files keep working until then.
-    kind: dataclasses.InitVar[str | None] = None
-    hparams: dataclasses.InitVar[dict | None] = None
 
-    def __post_init__(self, kind, hparams):
-        del kind, hparams
+    def __post_init__(self):
         if not callable(self.init) or not callable(self.apply):
             raise TypeError(
                 f"Layer: `init` and `apply` must be callables, got {type(self.init).__name__} and"
@@ -373,6 +368,15 @@ def example_axis(axis: int, rank: int, batch_ndim: int) -> int:
     return batch_ndim + axis % rank
 
 
+def spatial_example(x, d: int, source: str, where: str, batch_ndim: int, dtypes: str):
+    """Apply-time check of a spatial layer's ``x``: an array of ``dtypes`` (see
+    `jcnn.checks.as_array`) with exactly ``batch_ndim`` batch dims before one ``(*spatial, c)``
+    example of ``d`` spatial dims. Shapes and dtypes only, so free under ``jit``."""
+    x = checks.as_array(x, where, "x", dtypes)
+    shapes.check_input(x.shape, d, source, where, batch_ndim)
+    return x
+
+
 def spatial_input(input_shape, d: int, where: str, source: str) -> Shape:
     """Check ``input_shape`` is ``(*spatial, c)`` with ``d`` spatial dims; ``source`` says why d."""
     shape = input_shape_of(input_shape, where)
@@ -387,26 +391,6 @@ def spatial_input(input_shape, d: int, where: str, source: str) -> Shape:
             f" ({source}), got input shape {shape}.{hint}"
         )
     return shape
-
-
-def check_rank(x, d: int, where: str, source: str) -> None:
-    """Apply-time check: ``x`` is one example with ``d`` spatial dims (shapes only: free in jit)."""
-    if x.ndim != d + 1:
-        hint = ""
-        if x.ndim == d + 2:
-            hint = " `apply` takes one example; for a batch use jcnn.layers.batched(layer) or jax.vmap."
-        raise ShapeError(
-            f"{where}: expects one example of shape (*spatial, channels) with {d} spatial dim(s)"
-            f" ({source}), got x of shape {tuple(x.shape)}.{hint}"
-        )
-
-
-def positive_int(value, where: str, name: str) -> int:
-    """TRANSITIONAL alias for conv.py / pool.py until merged: `jcnn.checks.as_int` with minimum 1."""
-    return checks.as_int(value, where, name, minimum=1)
-
-
-as_bool = checks.as_bool  # TRANSITIONAL alias for conv.py / pool.py until merged
 
 
 def initializer(fn, default, where: str, name: str):
@@ -481,17 +465,3 @@ def numel(shape) -> int:
 def initial_rf(input_shape) -> tuple[ReceptiveField, ...]:
     """The receptive field of the input itself: one pixel per spatial dim (all dims but the last)."""
     return tuple(ReceptiveField(1, 1, 0.0) for _ in range(max(len(input_shape) - 1, 0)))
-
-
-def fit_warning(in_spatial, kernel_size, strides, pads, dilation) -> str | None:
-    """`shapes.explain_fit`'s words for the spatial dims where a stride leaves input unread."""
-    by_message: dict[str, list[int]] = {}
-    for i, (w, k, s, p, r) in enumerate(zip(in_spatial, kernel_size, strides, pads, dilation)):
-        report = shapes.explain_fit(w, k, s, p, r)
-        if report.unused:
-            by_message.setdefault(report.message, []).append(i)
-    notes = [
-        f"spatial dim{'s' if len(dims) > 1 else ''} {', '.join(map(str, dims))}: {message}"
-        for message, dims in by_message.items()
-    ]
-    return " ".join(notes) if notes else None

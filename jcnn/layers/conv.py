@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -13,12 +15,34 @@ from jcnn.layers.base import (
     create_param,
     describe,
     initializer,
+    spatial_example,
     spatial_input,
 )
 from jcnn.layers.dense import default_bias_init, default_kernel_init
 from jcnn.ops.conv import CHOICES, conv_transpose_with_spec, conv_with_spec
 
-__all__ = ["Conv", "ConvTranspose"]
+__all__ = ["Conv", "ConvTranspose", "ConvLayerSpec", "ConvTransposeLayerSpec"]
+
+
+class ConvLayerSpec(NamedTuple):
+    """`Conv`'s hyperparameters, canonical: the op's `jcnn.shapes.ConvSpec` plus the layer's own."""
+
+    out_channels: int
+    conv: shapes.ConvSpec
+    bias: bool
+    impl: str
+    param_dtype: str
+    precision: Any
+
+
+class ConvTransposeLayerSpec(NamedTuple):
+    """`ConvTranspose`'s hyperparameters, canonical (`jcnn.shapes.ConvTransposeSpec` plus the layer's)."""
+
+    out_channels: int
+    conv: shapes.ConvTransposeSpec
+    bias: bool
+    param_dtype: str
+    precision: Any
 
 
 def Conv(
@@ -97,9 +121,10 @@ def Conv(
     kernel_init = initializer(kernel_init, default_kernel_init, where, "kernel_init")
     bias_init = initializer(bias_init, default_bias_init, where, "bias_init")
     ks, d = spec.kernel_size, spec.d
+    source = f"`kernel_size` {ks} has {d}"
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, f"`kernel_size` {ks} has {d}")
+        shape = spatial_input(input_shape, d, where, source)
         checks.divisible(shape[-1], spec.groups, where, "input channels", f", input shape {shape}")
         kernel_shape = ks + (shape[-1] // spec.groups, out_channels)
         return kernel_shape, shapes.conv_geometry(spec, shape, kernel_shape, where=where)
@@ -112,8 +137,9 @@ def Conv(
             params["bias"] = create_param(bias_init, k_bias, (out_channels,), param_dtype)
         return geo.out_shape, params, ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del key, train  # deterministic layer
+        x = spatial_example(x, d, source, where, batch_ndim, "inexact")
         b = params["bias"] if bias else None
         return conv_with_spec(
             spec, x, params["kernel"], b, impl=impl, precision=precision, where=where
@@ -132,19 +158,7 @@ def Conv(
             ),
         )
 
-    hp = dict(
-        out_channels=out_channels,
-        kernel_size=ks,
-        strides=spec.strides,
-        padding=spec.padding,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        bias=bias,
-        padding_mode=spec.padding_mode,
-        impl=impl,
-        exact=spec.exact,
-        param_dtype=jnp.dtype(param_dtype).name,
-    )
+    layer_spec = ConvLayerSpec(out_channels, spec, bias, impl, jnp.dtype(param_dtype).name, precision)
     given = dict(
         strides=strides,
         padding=padding,
@@ -161,9 +175,9 @@ def Conv(
         init,
         apply,
         name="Conv",
-        kind="conv",
-        hparams=hp,
+        spec=layer_spec,
         info=info,
+        takes_batch=True,
         description=describe("Conv", (out_channels, kernel_size), given, defaults),
     )
 
@@ -221,9 +235,10 @@ def ConvTranspose(
     kernel_init = initializer(kernel_init, default_kernel_init, where, "kernel_init")
     bias_init = initializer(bias_init, default_bias_init, where, "bias_init")
     ks, d = spec.kernel_size, spec.d
+    source = f"`kernel_size` {ks} has {d}"
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, f"`kernel_size` {ks} has {d}")
+        shape = spatial_input(input_shape, d, where, source)
         kernel_shape = ks + (shape[-1], out_channels // spec.groups)
         return kernel_shape, shapes.conv_transpose_geometry(spec, shape, kernel_shape, where=where)
 
@@ -235,8 +250,9 @@ def ConvTranspose(
             params["bias"] = create_param(bias_init, k_bias, (out_channels,), param_dtype)
         return geo.out_shape, params, ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del key, train  # deterministic layer
+        x = spatial_example(x, d, source, where, batch_ndim, "inexact")
         b = params["bias"] if bias else None
         return conv_transpose_with_spec(spec, x, params["kernel"], b, precision=precision, where=where), state
 
@@ -253,17 +269,7 @@ def ConvTranspose(
             ),
         )
 
-    hp = dict(
-        out_channels=out_channels,
-        kernel_size=ks,
-        strides=spec.strides,
-        padding=spec.crop,
-        output_padding=spec.output_padding,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        bias=bias,
-        param_dtype=jnp.dtype(param_dtype).name,
-    )
+    layer_spec = ConvTransposeLayerSpec(out_channels, spec, bias, jnp.dtype(param_dtype).name, precision)
     given = dict(
         strides=strides,
         padding=padding,
@@ -277,8 +283,8 @@ def ConvTranspose(
         init,
         apply,
         name="ConvTranspose",
-        kind="conv_transpose",
-        hparams=hp,
+        spec=layer_spec,
         info=info,
+        takes_batch=True,
         description=describe("ConvTranspose", (out_channels, kernel_size), given, defaults),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from jcnn import shapes
-from jcnn.layers.base import GLOBAL, Layer, LayerInfo, RFWindow, describe, spatial_input
+from jcnn.layers.base import GLOBAL, Layer, LayerInfo, RFWindow, describe, spatial_example, spatial_input
 from jcnn.ops.pool import (
     adaptive_avg_pool_with_spec,
     adaptive_max_pool_with_spec,
@@ -31,28 +31,28 @@ def _unread(size: int, k: int, s: int, lo: int, r: int, out: int) -> int:
 def _window_pool(
     name: str,
     pool_with_spec,
+    dtypes: str,
     spec: shapes.PoolSpec,
-    extra: tuple[str, ...],
     args: tuple,
     given: dict,
     defaults: dict,
 ) -> Layer:
-    """A windowed pooling layer on ``spec``; ``extra`` names the spec fields it shows beyond the
-    window, strides, padding, dilation and ceil_mode."""
+    """A windowed pooling layer on ``spec``, shown in ``repr`` as ``name(*args, **given)``."""
     where = name
     d, window = spec.d, spec.window_shape
-    shown = ("window_shape", "strides", "padding", "dilation", "ceil_mode") + extra
+    source = f"`window_shape` {window} has {d}"
 
     def geometry(input_shape):
-        shape = spatial_input(input_shape, d, where, f"`window_shape` {window} has {d}")
+        shape = spatial_input(input_shape, d, where, source)
         return shapes.pool_geometry(spec, shape, where=where)
 
     def init(key, input_shape):
         del key
         return geometry(input_shape).out_shape, (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del params, key, train
+        x = spatial_example(x, d, source, where, batch_ndim, dtypes)
         return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
@@ -79,9 +79,9 @@ def _window_pool(
         init,
         apply,
         name=name,
-        kind="pool",
-        hparams={k: getattr(spec, k) for k in shown},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe(name, args, given, defaults),
     )
 
@@ -108,7 +108,7 @@ def MaxPool(window_shape, strides=None, padding=0, *, dilation=1, ceil_mode: boo
     spec = shapes.pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
     given = {"strides": strides, "padding": padding, "dilation": dilation, "ceil_mode": spec.ceil_mode}
     defaults = {"strides": None, "padding": 0, "dilation": 1, "ceil_mode": False}
-    return _window_pool(where, max_pool_with_spec, spec, (), (window_shape,), given, defaults)
+    return _window_pool(where, max_pool_with_spec, "real", spec, (window_shape,), given, defaults)
 
 
 def AvgPool(
@@ -164,13 +164,13 @@ def AvgPool(
         "count_include_pad": True,
         "divisor_override": None,
     }
-    extra = ("count_include_pad", "divisor_override")
-    return _window_pool(where, avg_pool_with_spec, spec, extra, (window_shape,), given, defaults)
+    return _window_pool(where, avg_pool_with_spec, "float", spec, (window_shape,), given, defaults)
 
 
-def _global_pool(name: str, pool_with_spec, spatial_dims, flops_per_element: int) -> Layer:
+def _global_pool(name: str, pool_with_spec, dtypes: str, spatial_dims, flops_per_element: int) -> Layer:
     where = name
     spec = shapes.global_pool_spec(spatial_dims, where)  # the spatial rank d
+    d = spec
     source = f"`spatial_dims`={spec}"
 
     def plan(input_shape):
@@ -181,8 +181,9 @@ def _global_pool(name: str, pool_with_spec, spatial_dims, flops_per_element: int
         del key
         return plan(input_shape)[1], (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del params, key, train
+        x = spatial_example(x, d, source, where, batch_ndim, dtypes)
         return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
@@ -193,9 +194,9 @@ def _global_pool(name: str, pool_with_spec, spatial_dims, flops_per_element: int
         init,
         apply,
         name=name,
-        kind="pool",
-        hparams={"spatial_dims": spec},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe(name, (), {"spatial_dims": spec}, {"spatial_dims": 2}),
     )
 
@@ -213,7 +214,7 @@ def GlobalAvgPool(spatial_dims: int = 2) -> Layer:
     >>> GlobalAvgPool().init(jax.random.key(0), (7, 7, 512))[0]
     (512,)
     """
-    return _global_pool("GlobalAvgPool", global_avg_pool_with_spec, spatial_dims, 1)
+    return _global_pool("GlobalAvgPool", global_avg_pool_with_spec, "float", spatial_dims, 1)
 
 
 def GlobalMaxPool(spatial_dims: int = 2) -> Layer:
@@ -223,13 +224,14 @@ def GlobalMaxPool(spatial_dims: int = 2) -> Layer:
     >>> GlobalMaxPool(1).init(jax.random.key(0), (100, 8))[0]
     (8,)
     """
-    return _global_pool("GlobalMaxPool", global_max_pool_with_spec, spatial_dims, 1)
+    return _global_pool("GlobalMaxPool", global_max_pool_with_spec, "real", spatial_dims, 1)
 
 
-def _adaptive_pool(name: str, pool_with_spec, output_size) -> Layer:
+def _adaptive_pool(name: str, pool_with_spec, dtypes: str, output_size) -> Layer:
     where = name
     spec = shapes.adaptive_pool_spec(output_size, where)
-    source = f"`output_size` {spec.output_size} has {spec.d}"
+    d = spec.d
+    source = f"`output_size` {spec.output_size} has {d}"
 
     def geometry(input_shape):
         shape = spatial_input(input_shape, spec.d, where, source)
@@ -239,8 +241,9 @@ def _adaptive_pool(name: str, pool_with_spec, output_size) -> Layer:
         del key
         return geometry(input_shape).out_shape, (), ()
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
         del params, key, train
+        x = spatial_example(x, d, source, where, batch_ndim, dtypes)
         return pool_with_spec(spec, x, where=where), state
 
     def info(input_shape):
@@ -262,9 +265,9 @@ def _adaptive_pool(name: str, pool_with_spec, output_size) -> Layer:
         init,
         apply,
         name=name,
-        kind="pool",
-        hparams={"output_size": spec.output_size},
+        spec=spec,
         info=info,
+        takes_batch=True,
         description=describe(name, (output_size,)),
     )
 
@@ -283,7 +286,7 @@ def AdaptiveAvgPool(output_size) -> Layer:
     >>> AdaptiveAvgPool((1, 1)).init(jax.random.key(0), (7, 5, 3))[0]
     (1, 1, 3)
     """
-    return _adaptive_pool("AdaptiveAvgPool", adaptive_avg_pool_with_spec, output_size)
+    return _adaptive_pool("AdaptiveAvgPool", adaptive_avg_pool_with_spec, "float", output_size)
 
 
 def AdaptiveMaxPool(output_size) -> Layer:
@@ -293,4 +296,4 @@ def AdaptiveMaxPool(output_size) -> Layer:
     >>> AdaptiveMaxPool(2).init(jax.random.key(0), (5, 5, 3))[0]
     (2, 2, 3)
     """
-    return _adaptive_pool("AdaptiveMaxPool", adaptive_max_pool_with_spec, output_size)
+    return _adaptive_pool("AdaptiveMaxPool", adaptive_max_pool_with_spec, "real", output_size)
