@@ -44,16 +44,17 @@ def test_lenet_contenders_compute_the_same_function(bench):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 28, 28, 1)), jnp.float32)
     _, params, state = net.init(jax.random.key(0), x.shape)
     w = _by_shape(jax.tree_util.tree_leaves(params))
-    want = np.asarray(net.apply(params, state, x)[0])
+    want = np.asarray(jax.jit(lambda p, x: net.apply(p, state, x)[0])(params, x))
     assert want.shape == (3, 10) and np.abs(want).max() > 0.1
 
     lax_params = {k: w[tuple(v.shape)] for k, v in bench.lax_lenet_init(1).items()}
-    np.testing.assert_allclose(bench.lax_lenet(lax_params, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(bench.lax_lenet)(lax_params, x), want, rtol=1e-4, atol=1e-4)
 
     flax_lenet = bench.flax_models()["lenet"]
-    fparams = flax_lenet.init(jax.random.key(2), x)["params"]
+    fparams = jax.eval_shape(flax_lenet.init, jax.random.key(2), x)["params"]
     fparams = jax.tree_util.tree_map(lambda p: w[tuple(p.shape)], fparams)
-    np.testing.assert_allclose(flax_lenet.apply({"params": fparams}, x), want, rtol=1e-4, atol=1e-4)
+    got = jax.jit(flax_lenet.apply)({"params": fparams}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
     torch = pytest.importorskip("torch")
     tm = bench.torch_model("lenet", torch)
