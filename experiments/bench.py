@@ -843,10 +843,10 @@ def markdown_layers(res: dict) -> str:
 # compiled HLO here, so they are not measured.
 FLAG_SETS = {
     "default": "",
-    "ynn off": "--xla_cpu_experimental_ynn_fusion_type=",
-    "ynn dots only": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
-    "ynn convs only": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
-    "eigen 1 thread": "--xla_cpu_multi_thread_eigen=false",
+    "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn-dots-only": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    "ynn-convs-only": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
+    "eigen-1-thread": "--xla_cpu_multi_thread_eigen=false",
 }
 
 # name, input (spatial..., c_in), kernel_size, c_out, conv kwargs, batch in the flags suite
@@ -895,7 +895,7 @@ def flags_child(args) -> dict:
 
 def suite_flags(args, torch) -> dict:
     del torch
-    names = args.flag_sets or (["default", "ynn off"] if args.quick else list(FLAG_SETS))
+    names = args.flag_sets or (["default", "ynn-off"] if args.quick else list(FLAG_SETS))
     unknown = [n for n in names if n not in FLAG_SETS]
     if unknown:
         raise SystemExit(f"bench: unknown --flag-sets {unknown}; choose from {list(FLAG_SETS)}.")
@@ -1121,7 +1121,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--xla-flags",
         default=None,
-        help="rerun the bench in a subprocess with XLA_FLAGS set to this (opt-in; quote it)",
+        help="rerun the bench in a subprocess with XLA_FLAGS=VALUE (opt-in); write --xla-flags=VALUE",
     )
     g = p.add_argument_group("steps, layers and flags")
     g.add_argument("--batch", type=int, default=None, help="batch size (default 128; quick 8)")

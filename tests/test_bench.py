@@ -131,10 +131,10 @@ def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path):
     assert "| **whole step** |" in (tmp_path / "layers.md").read_text()
 
     flags = json.loads((tmp_path / "flags.json").read_text())
-    assert flags["settings"] == {"default": "", "ynn off": "--xla_cpu_experimental_ynn_fusion_type="}
+    assert flags["settings"] == {"default": "", "ynn-off": "--xla_cpu_experimental_ynn_fusion_type="}
     assert flags["seen"] == flags["settings"]  # each child ran with its own XLA_FLAGS
     assert "LeNet step raw lax" in flags["table"] and any("depthwise" in k for k in flags["table"])
-    assert "ynn off" in (tmp_path / "flags.md").read_text()
+    assert "ynn-off" in (tmp_path / "flags.md").read_text()
 
     ops = json.loads((tmp_path / "ops.json").read_text())
     (row,) = ops["conv"]
