@@ -25,8 +25,6 @@ Semantics that differ between frameworks, fixed here to PyTorch's:
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import numbers
 import operator
@@ -37,6 +35,7 @@ import numpy as np
 from jax import lax
 
 from jcnn import shapes
+from jcnn.ops import extremum
 from jcnn.shapes import PaddingLike, ShapeError
 
 __all__ = [
@@ -104,63 +103,6 @@ def _reduce_window(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
         padding=((0, 0),) * nb + g.lax_padding + ((0, 0),),
         window_dilation=_full(g.dilation, nb),
     )
-
-
-def _taps(x: jax.Array, fill, g: shapes.PoolGeometry) -> list[jax.Array]:
-    """Every window tap as a strided slice of the padded input, each shaped like the output."""
-    nb = len(g.batch_shape)
-    config = [(0, 0, 0)] * nb + [(lo, hi, 0) for lo, hi in g.lax_padding] + [(0, 0, 0)]
-    xp = lax.pad(x, np.array(fill, x.dtype), config)
-    taps = []
-    for offset in itertools.product(*(range(k) for k in g.window_shape)):
-        start = [t * r for t, r in zip(offset, g.dilation)]
-        limit = [a + s * (o - 1) + 1 for a, s, o in zip(start, g.strides, g.out_spatial)]
-        taps.append(
-            lax.slice(
-                xp,
-                (0,) * nb + tuple(start) + (0,),
-                g.batch_shape + tuple(limit) + (x.shape[-1],),
-                _full(g.strides, nb),
-            )
-        )
-    return taps
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _dilated_extremum(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
-    """Dilated max/min pooling: one reduce_window, with a JVP rule JAX can transpose.
-
-    JAX's own VJP of a dilated ``reduce_window`` max raises NotImplementedError
-    (``select_and_gather_add`` has no transpose with window dilation), so the tangent is built
-    here instead: each output takes the tangent of the first tap that attains it, a select over
-    strided slices, which is linear and transposes to a scatter-add.
-    """
-    return _reduce_window(x, op, g)
-
-
-@_dilated_extremum.defjvp
-def _dilated_extremum_jvp(op, g, primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    y = _dilated_extremum(x, op, g)
-    return y, _first_hit_tangent(x, x_dot, y, op, g)
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _first_hit_tangent(x, x_dot, y, op, g):
-    # jit: one compiled program (and one transpose) instead of a dozen small ops per tap.
-    y_dot = jnp.zeros(y.shape, x_dot.dtype)
-    found = jnp.zeros(y.shape, bool)
-    for tap, tap_dot in zip(_taps(x, _identity(op, x.dtype), g), _taps(x_dot, 0, g)):
-        hit = (tap == y) & ~found
-        y_dot = jnp.where(hit, tap_dot, y_dot)
-        found = found | hit
-    return y_dot
-
-
-def _extremum(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
-    if any(r > 1 for r in g.dilation) and jnp.issubdtype(x.dtype, jnp.floating):
-        return _dilated_extremum(x, op, g)
-    return _reduce_window(x, op, g)
 
 
 def _window_counts(w: int, k: int, s: int, lo: int, hi: int, out: int, include_pad: bool) -> np.ndarray:
@@ -250,7 +192,7 @@ def max_pool(
         x.shape, window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where
     )
     _check_numeric(x, where)
-    return _extremum(x, lax.max, g)
+    return extremum.window_extremum(x, lax.max, g)
 
 
 def min_pool(
@@ -277,7 +219,7 @@ def min_pool(
         x.shape, window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where
     )
     _check_numeric(x, where)
-    return _extremum(x, lax.min, g)
+    return extremum.window_extremum(x, lax.min, g)
 
 
 def _check_divisor_override(divisor_override, where: str) -> int | None:
@@ -423,7 +365,7 @@ def lp_pool(
     g = shapes.pool_geometry(x.shape, window_shape, strides, padding, 1, ceil_mode=ceil_mode, where=where)
     _check_float(x, where)
     if p == math.inf:
-        return _reduce_window(jnp.abs(x), lax.max, g)
+        return extremum.window_extremum(extremum.abs_sgn(x), lax.max, g)
     dtype = _compute_dtype(x.dtype)
     total = _reduce_window(_power(x.astype(dtype), p), lax.add, g)
     # PyTorch: avg_pool2d(x**p, count_include_pad=True) * kw*kh. Outside ceil-mode overhangs the
@@ -502,7 +444,7 @@ def global_max_pool(x: jax.Array, spatial_dims: int = 2) -> jax.Array:
     x = _as_array(x, where)
     axes = _spatial_axes(x, spatial_dims, where)
     _check_numeric(x, where)
-    return jnp.max(x, axis=axes)
+    return extremum.axes_extremum(x, lax.max, axes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +484,8 @@ def _adaptive(x: jax.Array, output_size, op, where: str) -> jax.Array:
     out_spatial = shapes.adaptive_output_shape(in_spatial, requested, where)
     windows = [shapes.adaptive_windows(w, o) for w, o in zip(in_spatial, out_spatial)]
     plans = [_uniform(win) for win in windows]
+    if op is not lax.add:
+        return extremum.adaptive_extremum(x, op, windows, plans)
 
     y = x.astype(_compute_dtype(x.dtype)) if op is lax.add else x
     if any(plan is not None and plan[0] > 1 for plan in plans):
@@ -567,13 +511,10 @@ def _adaptive(x: jax.Array, output_size, op, where: str) -> jax.Array:
         taps = np.arange(lengths.max())
         index = np.minimum(starts[:, None] + taps, ends[:, None] - 1)  # (O, L), in bounds
         g = jnp.take(y, index, axis=axis, mode="clip")  # (..., O, L, ...)
-        if op is lax.max:
-            y = jnp.max(g, axis=axis + 1)
-        else:
-            trailing = (1,) * (y.ndim - axis - 1)
-            valid = (taps < lengths[:, None]).reshape((1,) * axis + index.shape + trailing)
-            total = jnp.sum(jnp.where(valid, g, jnp.zeros((), g.dtype)), axis=axis + 1)
-            y = total / lengths.astype(y.dtype).reshape((1,) * axis + lengths.shape + trailing)
+        trailing = (1,) * (y.ndim - axis - 1)
+        valid = (taps < lengths[:, None]).reshape((1,) * axis + index.shape + trailing)
+        total = jnp.sum(jnp.where(valid, g, jnp.zeros((), g.dtype)), axis=axis + 1)
+        y = total / lengths.astype(y.dtype).reshape((1,) * axis + lengths.shape + trailing)
     return y.astype(x.dtype)
 
 
