@@ -421,7 +421,9 @@ def _adaptive_rule(x, x_dot, op, nb, windows, plans):
             continue  # identity windows (output_size None or equal to the input's)
         taps = _axis_taps(z, nb + i, windows[i], plans[i])
         z_new = _chain_value(op, taps)
-        z_dot = _select_tangent(_choices(taps, z_new), _axis_taps(z_dot, nb + i, windows[i], plans[i]), x_dot.dtype)
+        z_dot = _select_tangent(
+            _choices(taps, z_new), _axis_taps(z_dot, nb + i, windows[i], plans[i]), x_dot.dtype
+        )
         z = z_new
     return z, z_dot
 
