@@ -184,9 +184,9 @@ def _tiled_jvp(op, g, primals, tangents):
     return _tiled_rule(x, x_dot, op, g)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
 def _tiled_rule(x, x_dot, op, g):
-    # jit: one compiled program for the eager case too, not a dozen small ops per tap.
+    # Not wrapped in jit (unlike the other rules): a nested jit made the tiled backward 2x
+    # slower under an outer jit on XLA CPU.
     nb = len(g.batch_shape)
     taps = _tile_taps(_tiles(x, g), g)
     y = _chain_value(op, taps)
@@ -221,22 +221,35 @@ def _strided_value(x, op, g):
 
 
 def _strided_taps(x: jax.Array, fill, g: shapes.PoolGeometry) -> list[jax.Array]:
-    """Every window tap as a strided slice of the padded input, each shaped like the output."""
+    """Every window tap, each shaped like the output, as a contiguous slice of one stride phase.
+
+    Tap offset ``e`` of a dim with stride ``s`` reads padded positions ``o*s + e``: block
+    ``o + e // s``, phase ``e % s`` of the padded input reshaped to ``(blocks, s)``. Contiguous
+    slices transpose to plain pads that XLA fuses into one pass; strided slices would
+    transpose to interior-padded pads, an order of magnitude slower on XLA CPU.
+    """
     nb = len(g.batch_shape)
-    config = [(0, 0, 0)] * nb + [(lo, hi, 0) for lo, hi in g.lax_padding] + [(0, 0, 0)]
-    xp = lax.pad(x, np.array(fill, x.dtype), config)
+    offsets = [[t * r for t in range(k)] for k, r in zip(g.window_shape, g.dilation)]
+    blocks = [
+        max(-(-(w + lo + hi) // s), o + max(e) // s)
+        for w, (lo, hi), s, o, e in zip(g.in_spatial, g.lax_padding, g.strides, g.out_spatial, offsets)
+    ]
+    config = [(0, 0, 0)] * nb
+    config += [
+        (lo, b * s - w - lo, 0) for w, (lo, _), s, b in zip(g.in_spatial, g.lax_padding, g.strides, blocks)
+    ]
+    xp = lax.pad(x, np.array(fill, x.dtype), config + [(0, 0, 0)])
+    split = tuple(itertools.chain.from_iterable(zip(blocks, g.strides)))
+    xp = xp.reshape(xp.shape[:nb] + split + xp.shape[-1:])
     taps = []
-    for offset in itertools.product(*(range(k) for k in g.window_shape)):
-        start = [t * r for t, r in zip(offset, g.dilation)]
-        limit = [a + s * (o - 1) + 1 for a, s, o in zip(start, g.strides, g.out_spatial)]
-        taps.append(
-            lax.slice(
-                xp,
-                (0,) * nb + tuple(start) + (0,),
-                tuple(g.batch_shape) + tuple(limit) + (x.shape[-1],),
-                _full(g.strides, nb),
-            )
-        )
+    for offset in itertools.product(*offsets):
+        start = [0] * xp.ndim
+        limit = list(xp.shape)
+        for j, (e, s, o) in enumerate(zip(offset, g.strides, g.out_spatial)):
+            start[nb + 2 * j], limit[nb + 2 * j] = e // s, e // s + o
+            start[nb + 2 * j + 1], limit[nb + 2 * j + 1] = e % s, e % s + 1
+        tap = lax.slice(xp, start, limit)
+        taps.append(tap.reshape(tuple(g.batch_shape) + tuple(g.out_spatial) + (x.shape[-1],)))
     return taps
 
 
@@ -270,9 +283,32 @@ def _strided_jvp(op, g, primals, tangents):
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _strided_rule(x, x_dot, op, g):
+    # Overlapping windows: each input pixel's cotangent gathers from several outputs, and XLA
+    # CPU would fuse a chain of per-tap choices into every one of those reads (9 windows x 9
+    # taps for a 3x3 stride-2 pool: 3x slower than JAX's select_and_scatter). So the choice is
+    # computed without a chain and materialised once: y by the reduce_window (differentiable
+    # again through this rule), one small-int key per tap (the last NaN > the first tap equal
+    # to y > the rest, the same order as `_choices`), and their max by a reduce_window over the
+    # stacked keys, which XLA keeps as its own loop.
+    y = _strided(x, op, g)
     taps = _strided_taps(x, _identity(op, x.dtype), g)
-    y = _chain_value(op, taps)
-    takes = _choices(taps, y, _strided_valid(g))
+    count = len(taps)
+    key_dtype = np.int8 if 2 * count <= 127 else np.int16 if 2 * count <= 32767 else np.int32
+    keys = []
+    for t, (tap, valid) in enumerate(zip(taps, _strided_valid(g))):
+        hit = tap == y if valid is None else (tap == y) & valid
+        code = jnp.where(hit, key_dtype(count - 1 - t), key_dtype(-1))
+        keys.append(jnp.where(tap != tap, key_dtype(count + t), code))
+    window = (count,) + (1,) * y.ndim
+    best = lax.reduce_window(
+        jnp.stack(keys),
+        np.array(-1, key_dtype),
+        lambda a, b: lax.select(a > b, a, b),
+        window,
+        window,
+        "VALID",
+    )[0]
+    takes = [(best == count + t) | (best == count - 1 - t) for t in range(count)]
     return y, _select_tangent(takes, _strided_taps(x_dot, 0, g), x_dot.dtype)
 
 
