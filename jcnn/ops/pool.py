@@ -21,6 +21,8 @@ Semantics that differ between frameworks, fixed here to PyTorch's:
 - Padding is at most half the window on each side (`jcnn.shapes.check_pool_padding`,
   PyTorch's rule), so a window cannot start or end in padding alone.
 - Adaptive windows: output ``i`` of a dim of size ``W`` pools ``[floor(i*W/O), ceil((i+1)*W/O))``.
+- Max/min pooling propagates NaN, and its gradient goes to the first extreme tap in row-major
+  window order, or to the last NaN (`jcnn.ops.extremum`).
 """
 
 from __future__ import annotations
@@ -159,10 +161,11 @@ def max_pool(
 ) -> jax.Array:
     """Max pooling over ``d`` spatial dims (PyTorch's ``MaxPoolNd``, channels last).
 
-    Padding reads as ``-inf`` (the dtype's minimum for integers), so it never wins. Gradients
-    work in both modes; with ``dilation > 1`` they come from jcnn's own JVP rule (JAX cannot
-    transpose its own for dilated windows), which, like PyTorch, routes each output's gradient
-    to the first window tap that attains the max.
+    Padding reads as ``-inf`` (the dtype's minimum for integers), so it never wins. NaN
+    propagates, and gradients (every order, both modes) follow PyTorch: each output's goes to
+    the first window tap that attains the max, or to the last NaN (`jcnn.ops.extremum`).
+    Windows that tile the input (window == stride, no padding or dilation) take a
+    reshape-and-compare fast path.
 
     Args:
       x: ``(*batch, *spatial, c)``, float or integer.
@@ -333,7 +336,10 @@ def lp_pool(
     """Power-average pooling, PyTorch's ``LPPoolNd``: ``(sum over the window of x**p)**(1/p)``.
 
     ``p=1`` is sum pooling; ``p=2`` the window's Euclidean norm; ``p=inf`` is max pooling of
-    ``|x|``, as in PyTorch. Like PyTorch, negative sums (odd ``p``) give ``nan`` unless ``1/p``
+    ``|x|`` with no ``pow`` (NaN propagates; the gradient is ``sgn(x)``, 0 at 0 and at NaN, at
+    the first max), as in PyTorch 2.13, whose ``lp_pool{1,2,3}d`` special-case ``inf`` as
+    ``max_pool(x.abs())`` (pytorch/pytorch#183997; earlier versions ran the finite-``p``
+    formula, which collapses to ones). Like PyTorch, negative sums (odd ``p``) give ``nan`` unless ``1/p``
     is an integer, and the value is computed as
     ``(avg_pool(x**p) * prod(window_shape))**(1/p)``: a ``ceil_mode`` window that overhangs the
     input is scaled up by ``prod(window_shape) / (pixels it covers)``, not left as a plain sum.
