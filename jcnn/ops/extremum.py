@@ -160,12 +160,13 @@ def _tiles(x: jax.Array, g: shapes.PoolGeometry) -> jax.Array:
 def _tile_taps(xt: jax.Array, g: shapes.PoolGeometry) -> list[jax.Array]:
     """Every window offset of a tiled array, in row-major window order, each output-shaped."""
     nb = len(g.batch_shape)
+    out_shape = xt.shape[:nb] + tuple(g.out_spatial) + xt.shape[-1:]
     taps = []
     for offset in itertools.product(*(range(k) for k in g.window_shape)):
-        t = xt
-        for j in reversed(range(len(offset))):  # right to left, so earlier axes keep their place
-            t = lax.index_in_dim(t, offset[j], nb + 2 * j + 1, keepdims=False)
-        taps.append(t)
+        start, limit = [0] * xt.ndim, list(xt.shape)
+        for j, e in enumerate(offset):
+            start[nb + 2 * j + 1], limit[nb + 2 * j + 1] = e, e + 1
+        taps.append(lax.slice(xt, start, limit).reshape(out_shape))  # a reshape, not a squeeze
     return taps
 
 
@@ -307,7 +308,7 @@ def _strided_rule(x, x_dot, op, g):
         window,
         window,
         "VALID",
-    )[0]
+    ).reshape(y.shape)
     takes = [(best == count + t) | (best == count - 1 - t) for t in range(count)]
     return y, _select_tangent(takes, _strided_taps(x_dot, 0, g), x_dot.dtype)
 
