@@ -23,12 +23,12 @@ Semantics that differ between frameworks, fixed here to PyTorch's:
 - Padding is at most half the window on each side (`jcnn.shapes.pool_spec`, PyTorch's rule),
   so a window cannot start or end in padding alone.
 - Adaptive windows: output ``i`` of a dim of size ``W`` pools ``[floor(i*W/O), ceil((i+1)*W/O))``.
+- Max/min pooling propagates NaN, and its gradient goes to the first extreme tap in row-major
+  window order, or to the last NaN (`jcnn.ops.extremum`).
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import numbers
 
@@ -38,6 +38,7 @@ import numpy as np
 from jax import lax
 
 from jcnn import checks, shapes
+from jcnn.ops import extremum
 from jcnn.shapes import AdaptivePoolSpec, PaddingLike, PoolSpec
 
 __all__ = [
@@ -93,63 +94,6 @@ def _reduce_window(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
     )
 
 
-def _taps(x: jax.Array, fill, g: shapes.PoolGeometry) -> list[jax.Array]:
-    """Every window tap as a strided slice of the padded input, each shaped like the output."""
-    nb = len(g.batch_shape)
-    config = [(0, 0, 0)] * nb + [(lo, hi, 0) for lo, hi in g.lax_padding] + [(0, 0, 0)]
-    xp = lax.pad(x, np.array(fill, x.dtype), config)
-    taps = []
-    for offset in itertools.product(*(range(k) for k in g.window_shape)):
-        start = [t * r for t, r in zip(offset, g.dilation)]
-        limit = [a + s * (o - 1) + 1 for a, s, o in zip(start, g.strides, g.out_spatial)]
-        taps.append(
-            lax.slice(
-                xp,
-                (0,) * nb + tuple(start) + (0,),
-                g.batch_shape + tuple(limit) + (x.shape[-1],),
-                _full(g.strides, nb),
-            )
-        )
-    return taps
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _dilated_extremum(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
-    """Dilated max/min pooling: one reduce_window, with a JVP rule JAX can transpose.
-
-    JAX's own VJP of a dilated ``reduce_window`` max raises NotImplementedError
-    (``select_and_gather_add`` has no transpose with window dilation), so the tangent is built
-    here instead: each output takes the tangent of the first tap that attains it, a select over
-    strided slices, which is linear and transposes to a scatter-add.
-    """
-    return _reduce_window(x, op, g)
-
-
-@_dilated_extremum.defjvp
-def _dilated_extremum_jvp(op, g, primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    y = _dilated_extremum(x, op, g)
-    return y, _first_hit_tangent(x, x_dot, y, op, g)
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _first_hit_tangent(x, x_dot, y, op, g):
-    # jit: one compiled program (and one transpose) instead of a dozen small ops per tap.
-    y_dot = jnp.zeros(y.shape, x_dot.dtype)
-    found = jnp.zeros(y.shape, bool)
-    for tap, tap_dot in zip(_taps(x, _identity(op, x.dtype), g), _taps(x_dot, 0, g)):
-        hit = (tap == y) & ~found
-        y_dot = jnp.where(hit, tap_dot, y_dot)
-        found = found | hit
-    return y_dot
-
-
-def _extremum(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
-    if any(r > 1 for r in g.dilation) and jnp.issubdtype(x.dtype, jnp.floating):
-        return _dilated_extremum(x, op, g)
-    return _reduce_window(x, op, g)
-
-
 def _window_counts(w: int, k: int, s: int, lo: int, hi: int, out: int, include_pad: bool) -> np.ndarray:
     """Per-output divisors along one dim, PyTorch's rule (aten AvgPool kernels).
 
@@ -195,10 +139,11 @@ def max_pool(
 ) -> jax.Array:
     """Max pooling over ``d`` spatial dims (PyTorch's ``MaxPoolNd``, channels last).
 
-    Padding reads as ``-inf`` (the dtype's minimum for integers), so it never wins. Gradients
-    work in both modes; with ``dilation > 1`` they come from jcnn's own JVP rule (JAX cannot
-    transpose its own for dilated windows), which, like PyTorch, routes each output's gradient
-    to the first window tap that attains the max.
+    Padding reads as ``-inf`` (the dtype's minimum for integers), so it never wins. NaN
+    propagates, and gradients (every order, both modes) follow PyTorch: each output's goes to
+    the first window tap that attains the max, or to the last NaN (`jcnn.ops.extremum`).
+    Windows that tile the input (window == stride, no padding or dilation) take a
+    reshape-and-compare fast path.
 
     Args:
       x: ``(*batch, *spatial, c)``, float or integer.
@@ -236,7 +181,7 @@ def max_pool_with_spec(spec: PoolSpec, x, *, where: str = "max_pool") -> jax.Arr
     """
     x = _operand(x, where, "real")
     g = shapes.pool_geometry(spec, x.shape, where=where)
-    return _extremum(x, lax.max, g)
+    return extremum.window_extremum(x, lax.max, g)
 
 
 def min_pool(
@@ -261,7 +206,7 @@ def min_pool(
     spec = shapes.pool_spec(window_shape, strides, padding, dilation, ceil_mode=ceil_mode, where=where)
     x = _operand(x, where, "real")
     g = shapes.pool_geometry(spec, x.shape, where=where)
-    return _extremum(x, lax.min, g)
+    return extremum.window_extremum(x, lax.min, g)
 
 
 def avg_pool(
@@ -372,7 +317,10 @@ def lp_pool(
     """Power-average pooling, PyTorch's ``LPPoolNd``: ``(sum over the window of x**p)**(1/p)``.
 
     ``p=1`` is sum pooling; ``p=2`` the window's Euclidean norm; ``p=inf`` is max pooling of
-    ``|x|``, as in PyTorch. Like PyTorch, negative sums (odd ``p``) give ``nan`` unless ``1/p``
+    ``|x|`` with no ``pow`` (NaN propagates; the gradient is ``sgn(x)``, 0 at 0 and at NaN, at
+    the first max), as in PyTorch 2.13, whose ``lp_pool{1,2,3}d`` special-case ``inf`` as
+    ``max_pool(x.abs())`` (pytorch/pytorch#183997; earlier versions ran the finite-``p``
+    formula, which collapses to ones). Like PyTorch, negative sums (odd ``p``) give ``nan`` unless ``1/p``
     is an integer, and the value is computed as
     ``(avg_pool(x**p) * prod(window_shape))**(1/p)``: a ``ceil_mode`` window that overhangs the
     input is scaled up by ``prod(window_shape) / (pixels it covers)``, not left as a plain sum.
@@ -404,7 +352,7 @@ def lp_pool(
     x = _operand(x, where, "float")
     g = shapes.pool_geometry(spec, x.shape, where=where)
     if p == math.inf:
-        return _reduce_window(jnp.abs(x), lax.max, g)
+        return extremum.window_extremum(extremum.abs_sgn(x), lax.max, g)
     dtype = checks.accumulator_dtype(x.dtype)
     total = _reduce_window(_power(x.astype(dtype), p), lax.add, g)
     # PyTorch: avg_pool2d(x**p, count_include_pad=True) * kw*kh. Outside ceil-mode overhangs the
@@ -492,7 +440,7 @@ def global_max_pool_with_spec(spatial_dims: int, x, *, where: str = "global_max_
     """
     x = _operand(x, where, "real")
     axes = _spatial_axes(x, spatial_dims, where)
-    return jnp.max(x, axis=axes)
+    return extremum.axes_extremum(x, lax.max, axes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,6 +474,8 @@ def _adaptive(x: jax.Array, geo: shapes.AdaptivePoolGeometry, op) -> jax.Array:
     """
     d, nb, windows = len(geo.in_spatial), len(geo.batch_shape), geo.windows
     plans = [_uniform(win) for win in windows]
+    if op is not lax.add:
+        return extremum.adaptive_extremum(x, op, windows, plans)
 
     y = x.astype(checks.accumulator_dtype(x.dtype)) if op is lax.add else x
     if any(plan is not None and plan[0] > 1 for plan in plans):
@@ -551,13 +501,10 @@ def _adaptive(x: jax.Array, geo: shapes.AdaptivePoolGeometry, op) -> jax.Array:
         taps = np.arange(lengths.max())
         index = np.minimum(starts[:, None] + taps, ends[:, None] - 1)  # (O, L), in bounds
         g = jnp.take(y, index, axis=axis, mode="clip")  # (..., O, L, ...)
-        if op is lax.max:
-            y = jnp.max(g, axis=axis + 1)
-        else:
-            trailing = (1,) * (y.ndim - axis - 1)
-            valid = (taps < lengths[:, None]).reshape((1,) * axis + index.shape + trailing)
-            total = jnp.sum(jnp.where(valid, g, jnp.zeros((), g.dtype)), axis=axis + 1)
-            y = total / lengths.astype(y.dtype).reshape((1,) * axis + lengths.shape + trailing)
+        trailing = (1,) * (y.ndim - axis - 1)
+        valid = (taps < lengths[:, None]).reshape((1,) * axis + index.shape + trailing)
+        total = jnp.sum(jnp.where(valid, g, jnp.zeros((), g.dtype)), axis=axis + 1)
+        y = total / lengths.astype(y.dtype).reshape((1,) * axis + lengths.shape + trailing)
     return y.astype(x.dtype)
 
 
