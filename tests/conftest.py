@@ -13,8 +13,8 @@ precision an NVIDIA GPU since Ampere computes float32 convolutions and matmuls i
 mantissa) and a TPU in bfloat16 passes, which no float32 tolerance covers. With ``"highest"``
 the comparisons check jcnn's arithmetic, not the hardware's default rounding.
 
-Without the option the suite runs on whatever JAX picks at JAX's default precision; the header
-line says which backend and precision a run used.
+Without the option the suite runs on whatever JAX picks at JAX's default precision; the last
+line of the report says which jax, backend, device and precision a run used.
 """
 
 import os
@@ -76,10 +76,14 @@ def pytest_configure(config):
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
-def pytest_report_header(config):
+def pytest_terminal_summary(terminalreporter):
+    # At the end, not in the header: addopts has -q, which hides the header.
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     precision = jax.config.jax_default_matmul_precision or "JAX's default"
-    return f"jax {jax.__version__} on {jax.default_backend()} ({devices}); matmul precision: {precision}"
+    terminalreporter.write_line(
+        f"jcnn tests ran on jax {jax.__version__}, backend {jax.default_backend()} ({devices}); "
+        f"matmul precision: {precision}"
+    )
 
 
 @pytest.fixture
