@@ -87,7 +87,8 @@ def Conv(
         default He normal (fan_in ``= prod(k) * c_in // groups``), `default_kernel_init`.
       bias_init: for the ``(K,)`` bias; default zeros.
       param_dtype: parameter dtype.
-      precision: passed to ``lax``.
+      precision: the contraction's internal precision, as in `jcnn.ops.conv` (``None``: JAX's
+        default, TF32 for float32 on recent NVIDIA GPUs; ``"highest"``: true float32).
 
     Returns:
       A `Layer`; params ``{"kernel": (*k, c_in // groups, K), "bias": (K,)}``, state ``()``.
@@ -216,7 +217,8 @@ def ConvTranspose(
         to channels last); default He normal with fan_in ``= prod(k) * c_in``.
       bias_init: for the bias; default zeros.
       param_dtype: parameter dtype.
-      precision: passed to ``lax``.
+      precision: the contraction's internal precision, as in `jcnn.ops.conv` (``None``: JAX's
+        default, TF32 for float32 on recent NVIDIA GPUs; ``"highest"``: true float32).
 
     Returns:
       A `Layer`; params ``{"kernel": (*k, c_in, K // groups), "bias": (K,)}``, state ``()``.

@@ -294,7 +294,10 @@ def conv(
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
       impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend, shape and dtype),
         ``"xla"``, ``"direct"`` or ``"im2col"``; all give the same numbers.
-      precision: passed to ``lax`` (e.g. ``lax.Precision.HIGHEST``).
+      precision: the internal precision of the contraction, passed to ``lax`` (every impl):
+        ``None`` means JAX's default, which for float32 is true float32 on CPU, TF32 on NVIDIA
+        Ampere and newer GPUs, and one bfloat16 pass on TPU; ``"highest"`` (or
+        ``lax.Precision.HIGHEST``) gives true float32 everywhere. See the README's "Precision".
 
     Returns:
       ``(*batch, *out_spatial, c_out)`` with ``out = floor((W + lo + hi - dilation*(F-1) - 1)/S) + 1``.
@@ -386,7 +389,10 @@ def conv_transpose(
       padding: an int, d ints, d ``(lo, hi)`` pairs or ``"VALID"`` (= 0): rows cropped.
       output_padding: extra rows on the high side, each smaller than the stride or dilation.
       groups: feature groups.
-      precision: passed to ``lax``.
+      precision: the internal precision of the contraction, passed to ``lax`` (every impl):
+        ``None`` means JAX's default, which for float32 is true float32 on CPU, TF32 on NVIDIA
+        Ampere and newer GPUs, and one bfloat16 pass on TPU; ``"highest"`` (or
+        ``lax.Precision.HIGHEST``) gives true float32 everywhere. See the README's "Precision".
 
     Returns:
       ``(*batch, *out_spatial, c_out)``.

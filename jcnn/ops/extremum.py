@@ -330,7 +330,7 @@ def window_extremum(x: jax.Array, op, g: shapes.PoolGeometry) -> jax.Array:
     Returns:
       ``g.out_shape``, ``x``'s dtype.
 
-    >>> g = shapes.pool_geometry((4, 4, 1), 2)
+    >>> g = shapes.pool_geometry(shapes.pool_spec(2), (4, 4, 1))
     >>> window_extremum(jnp.arange(16.0).reshape(4, 4, 1), lax.max, g)[..., 0].tolist()
     [[5.0, 7.0], [13.0, 15.0]]
     """
