@@ -49,6 +49,7 @@ __all__ = [
     "read_idx",
     "batches",
     "num_batches",
+    "epoch_order",
     "check_split",
 ]
 
@@ -756,8 +757,27 @@ def batches(
             f"{where}: `start_batch` must be at most the {total} batches of an epoch "
             f"({n} examples, batch_size {batch_size}), got {start_batch}."
         )
-    order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else None
+    order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else None
     return _iterate(images, labels, order, batch_size, range(start_batch, total), n)
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` of a run seeded ``seed`` visits ``n`` examples.
+
+    A permutation of ``range(n)`` drawn from ``numpy.random.default_rng((seed, epoch))``: a
+    pure function of its arguments, so every process of a multi-process run computes the same
+    global order and reads only its rows of each batch, and a resume at batch ``k`` of the epoch
+    continues with ``order[k * batch_size:]``. `batches` visits examples in this order.
+
+    >>> epoch_order(5, seed=0, epoch=0).tolist() == epoch_order(5, seed=0, epoch=0).tolist()
+    True
+    >>> sorted(epoch_order(5, seed=0, epoch=1).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    n = as_int(n, "epoch_order", "n", minimum=0)
+    seed = as_int(seed, "epoch_order", "seed", minimum=0)
+    epoch = as_int(epoch, "epoch_order", "epoch", minimum=0)
+    return np.random.default_rng((seed, epoch)).permutation(n)
 
 
 def _iterate(images, labels, order, batch_size, batch_indices, n):

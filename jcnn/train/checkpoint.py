@@ -19,7 +19,10 @@ anywhere is refused with a `CheckpointError` naming the checkpoint and the item 
 never resumed (issue 11 item 1 found a flipped sign bit resumed silently).
 
 Multi-process runs (issue 12): every process calls `CheckpointStore.save` and ``restore``, as
-orbax requires; the arrays are the replicated state, fetched to each host.
+orbax requires. The state's device arrays are handed to orbax as they are, so a state on a mesh
+spanning processes is written collectively (each shard once); every process computes the same
+checksums from its host copy of the replicated state, and on restore each reads the arrays back
+into host memory and verifies them.
 """
 
 from __future__ import annotations
@@ -148,7 +151,14 @@ class CheckpointStore:
         ocp = _ocp()
         host = jax.device_get(state)
         leaves = jax.tree_util.tree_leaves_with_path(host)
-        arrays = {f"{i:04d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
+        # The arrays go to orbax as they are: device arrays (a replicated state on a mesh that
+        # may span processes) are written collectively, each shard once by the process holding
+        # its first replica; the host copies are only checksummed.
+        arrays = {
+            f"{i:04d}": leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(state))
+        }
+        hashed = [np.asarray(leaf) for _, leaf in leaves]
         meta: dict[str, Any] = {
             "format": FORMAT,
             "epoch": int(epoch),
@@ -162,7 +172,7 @@ class CheckpointStore:
                     "dtype": a.dtype.str,
                     "sha256": _sha256(a),
                 }
-                for (p, _), a in zip(leaves, arrays.values())
+                for (p, _), a in zip(leaves, hashed)
             ],
         }
         meta["sha256"] = _meta_sha256(meta)

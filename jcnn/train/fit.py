@@ -169,6 +169,7 @@ def fit(
         precision=precision, eval_batch_size=eval_batch_size, devices=devices,
     )  # fmt: skip
     resume = as_bool(resume, "fit", "resume")
+    primary = jax.process_index() == 0  # with several processes, only process 0 shows a bar
     output = NoOutput() if out_dir is None else RunOutput(out_dir, run.identity, keep=keep)
     with output:
         state, history = output.start(run.state, resume=resume, override=tuple(override))
@@ -176,7 +177,7 @@ def fit(
         compile_time = _compile(run, state) if len(history) < run.epochs and run.steps_per_epoch else 0.0
         extra = {"compile_time_s": compile_time, "num_devices": run.train_step.num_devices}
         for epoch in range(len(history), run.epochs):
-            bar = _progress(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress)
+            bar = _progress(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress and primary)
             state, row = _train_epoch(run, state, epoch, bar, output.last_good)
             history.append(_with_test_metrics(run, state, row))
             output.commit(state, history, extra)
@@ -275,7 +276,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
     """One epoch of training; returns the state and the epoch's training half of a history row."""
     train_step, steps_per_epoch = run.train_step, run.steps_per_epoch
-    batches = jdata.batches(*run.train, run.batch_size, seed=run.seed, epoch=epoch, drop_last=True)
+    batches = _process_batches(run, epoch)
     first_step = int(state.step)
     loss_sum = acc_sum = 0.0
     seen = images = 0
@@ -306,10 +307,10 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
     pending = None
     try:
         for i, (x, y) in enumerate(batches):
-            state, metrics = train_step(state, x, y)
+            state, metrics = train_step.call_local(state, run.batch_size, x, y)
             if pending is not None:
                 consume(*pending)
-            pending = (i, len(y), metrics)
+            pending = (i, run.batch_size, metrics)
         if pending is not None:
             consume(*pending)
         train_time = time.perf_counter() - t0
@@ -329,6 +330,21 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
         "train_time_s": train_time,
         "images_per_s": images / train_time if train_time > 0 else float("nan"),
     }
+
+
+def _process_batches(run: _Run, epoch: int, start_batch: int = 0):
+    """This process's rows of each global batch of the epoch, read from the training split.
+
+    The global order is `jcnn.data.epoch_order` (seed, epoch), the same in every process and
+    for any process count; each process reads only rows ``placement.rows(batch_size)`` of each
+    batch, so a split that reads lazily (a memory-mapped array) loads nothing else.
+    """
+    images, labels = run.train
+    order = jdata.epoch_order(len(labels), seed=run.seed, epoch=epoch)
+    rows = run.train_step.placement.rows(run.batch_size)
+    for i in range(start_batch, run.steps_per_epoch):
+        idx = order[i * run.batch_size : (i + 1) * run.batch_size][rows]
+        yield images[idx], labels[idx]
 
 
 def _raise_non_finite(loss, step, epoch, batch, nb, last_good, what="the training loss"):

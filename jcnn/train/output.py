@@ -19,6 +19,7 @@ import shutil
 import jax
 
 from jcnn.train.checkpoint import CHECKPOINT_DIR, LEGACY_NAME, CheckpointStore, legacy_message, state_nbytes
+from jcnn.train.distributed import sync
 from jcnn.train.identity import check_same_run
 from jcnn.train.metrics import write_metrics
 from jcnn.train.rundir import RunFolder
@@ -110,6 +111,8 @@ class RunOutput:
                     shutil.rmtree(checkpoints)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(self.out_dir, LEGACY_NAME))
+        # The other processes open the checkpoint folder only once process 0 has emptied it.
+        sync("jcnn.train.output.start")
         self._store = CheckpointStore(checkpoints, keep=self.keep)
         history = []
         if resume:
