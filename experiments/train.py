@@ -106,6 +106,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--keep", type=_number(int, 1), default=2, help="how many of the newest checkpoints to keep"
     )
     p.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 1),
+        default=None,
+        metavar="STEPS",
+        help="also checkpoint every STEPS updates within an epoch, so --resume continues mid-epoch",
+    )
+    p.add_argument(
         "--precision",
         choices=["default", "high", "highest"],
         default=None,
@@ -270,6 +277,7 @@ def main(argv=None) -> int:
             override=tuple(args.override),
             hparams=hparams,
             keep=args.keep,
+            checkpoint_every=args.checkpoint_every,
             precision=args.precision,
             progress=not args.no_progress,
             on_epoch_end=report,

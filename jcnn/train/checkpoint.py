@@ -6,6 +6,9 @@ Layout of ``<out_dir>/checkpoints/`` (an ``orbax.checkpoint.CheckpointManager`` 
   each into a temporary folder and renames it when complete (the atomic commit), so a kill at
   any moment leaves only whole checkpoints; unfinished temporary folders are removed when the
   folder is next opened (``cleanup_tmp_directories``).
+* ``<out_dir>/checkpoints-mid/<step>/``: the same, for checkpoints taken within an epoch
+  (``fit(checkpoint_every=...)``), named by the number of updates taken; their ``meta`` also
+  holds ``position`` (the batch reached in the epoch and its running metric sums).
 * ``<epoch>/state``: the `TrainState`'s leaves as arrays, one per leaf, named ``"0000"``,
   ``"0001"``, ... in ``jax.tree_util`` order (orbax's standard handler: tensorstore, OCDBT).
 * ``<epoch>/meta``: JSON: ``format``, ``epoch``, ``history`` (every epoch's metrics: the
@@ -41,6 +44,7 @@ from jcnn.train.state import TrainState
 __all__ = [
     "FORMAT",
     "CHECKPOINT_DIR",
+    "MID_EPOCH_DIR",
     "LEGACY_NAME",
     "Checkpoint",
     "CheckpointError",
@@ -54,6 +58,8 @@ __all__ = [
 FORMAT = "jcnn-checkpoint/1"
 #: The folder inside ``out_dir`` that holds the checkpoints.
 CHECKPOINT_DIR = "checkpoints"
+#: The folder inside ``out_dir`` that holds the checkpoints taken within an epoch.
+MID_EPOCH_DIR = "checkpoints-mid"
 #: The single-file checkpoint of jcnn before orbax (flax msgpack); recognised, not read.
 LEGACY_NAME = "checkpoint.msgpack"
 
@@ -73,7 +79,13 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint(NamedTuple):
-    """A loaded checkpoint: the state, the number of finished epochs, their history, the identity."""
+    """A loaded checkpoint: the state, the number of finished epochs, their history, the identity.
+
+    A checkpoint taken within an epoch (``fit(checkpoint_every=...)``) also has a ``position``
+    in its metadata (`CheckpointStore.read_meta`): ``step`` (the updates taken, the folder's
+    number), ``batch`` (batches of epoch ``epoch`` already taken) and the running sums of that
+    epoch's metrics (``loss_sum``, ``acc_sum``, ``seen``).
+    """
 
     state: TrainState
     epoch: int
@@ -139,9 +151,21 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def save(
-        self, epoch: int, state: TrainState, *, history: list, identity: dict, overrides=(), wait: bool = True
+        self,
+        epoch: int,
+        state: TrainState,
+        *,
+        history: list,
+        identity: dict,
+        overrides=(),
+        position: dict | None = None,
+        wait: bool = True,
     ) -> None:
         """Write the checkpoint after ``epoch`` epochs; with ``wait``, return once it is committed.
+
+        With ``position`` (see `Checkpoint`: where in the epoch) the checkpoint is one within epoch ``epoch`` (0-based
+        index of the epoch in progress, i.e. the number finished) and its folder is named by
+        ``position["step"]`` instead of ``epoch``.
 
         The arrays are fetched to the host first (so the caller may donate ``state`` right
         after), checksummed, and handed to orbax with the metadata. With ``wait=False`` orbax
@@ -165,6 +189,7 @@ class CheckpointStore:
             "history": history,
             "identity": identity,
             "overrides": list(overrides),
+            **({} if position is None else {"position": dict(position)}),
             "arrays": [
                 {
                     "path": jax.tree_util.keystr(p),
@@ -177,7 +202,7 @@ class CheckpointStore:
         }
         meta["sha256"] = _meta_sha256(meta)
         self._manager.save(
-            int(epoch),
+            int(epoch if position is None else position["step"]),
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
@@ -232,8 +257,11 @@ class CheckpointStore:
         epoch = self.latest_epoch() if epoch is None else epoch
         meta = self.read_meta(epoch)
         path = self.path(epoch)
-        if meta["epoch"] != epoch:
-            raise self._broken(epoch, "meta", f"says epoch {meta['epoch']} in the folder of epoch {epoch}")
+        position = meta.get("position")
+        number = meta["epoch"] if position is None else position["step"]
+        if number != epoch:
+            what = "epoch" if position is None else "step"
+            raise self._broken(epoch, "meta", f"says {what} {number} in the folder of {what} {epoch}")
 
         def broken(item: str, why: str) -> CheckpointError:
             return self._broken(epoch, item, why)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jcnn import data as jdata
 from jcnn.checks import as_int, one_of
 from jcnn.layers import Layer, batched
 from jcnn.train.distributed import process_rows
@@ -427,8 +428,8 @@ def evaluate(
         raise TypeError(
             f"evaluate: `eval_step` must be an EvalStep or a Layer, got {type(eval_step).__name__}."
         )
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.shape[:1] != labels.shape[:1]:
+    images, labels = jdata.rows_of(images), np.asarray(labels)  # a lazy source stays unread
+    if tuple(images.shape[:1]) != labels.shape[:1]:
         raise ValueError(
             f"evaluate: `images` and `labels` must have the same length along axis 0, got shapes "
             f"{images.shape} and {labels.shape}."
