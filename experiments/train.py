@@ -14,6 +14,8 @@ every epoch, checksummed, with the run's identity; the last ``--keep`` kept), ``
 ``metrics.csv`` and ``learning_curves.png``. Ctrl-C and ``--resume`` continue where the last
 finished epoch left off, with identical results; a resume with other flags than the run's is
 refused unless each changed field is named in ``--override``. One run per ``--out`` at a time.
+With ``--checkpoint-every STEPS`` a checkpoint is also taken every STEPS updates within an epoch
+(``checkpoints-mid/<step>/``), and ``--resume`` continues from there, bit for bit.
 On several devices (GPUs, a TPU host, or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
 on a CPU) the batch is split over them. Several processes (one per host of a GPU cluster or a
 TPU pod, or several on one machine) run the same command with ``--coordinator HOST:PORT

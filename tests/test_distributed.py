@@ -213,6 +213,19 @@ def test_two_processes_resume_mid_epoch_bit_for_bit(two_processes, tmp_path):
     assert resumed[0]["train_loss"] == results[0]["train_loss"]
 
 
+@pytest.mark.slow
+def test_an_output_folder_refused_on_process_0_stops_every_process(tmp_path):
+    # Only process 0 takes the folder (lock, probe); when that fails the others must stop with
+    # a message saying so, not wait for it in the next collective.
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    launch = Launch(tmp_path, out, processes=2, devices=2)
+    launch.wait(timeout=120, expect=1)
+    logs = [log.read_text() for log in launch.logs]
+    assert "cannot write into the output folder" in logs[0], launch.output()
+    assert "failed on process 0 (its own output says why); process 1 stops too" in logs[1], launch.output()
+
+
 def test_initialize_argument_errors():
     with pytest.raises(
         ValueError, match=r"initialize: `coordinator`, `num_processes` and `process_id` go together"

@@ -19,8 +19,16 @@ import os
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
-__all__ = ["initialize", "is_initialized", "process_rows", "sync", "CLUSTER_ENV_VARS"]
+__all__ = [
+    "initialize",
+    "is_initialized",
+    "cluster_detected",
+    "process_rows",
+    "primary_first",
+    "CLUSTER_ENV_VARS",
+]
 
 #: Environment variables by which ``jax.distributed.initialize()`` detects a cluster on its own
 #: (SLURM, Open MPI, Cloud TPU / GKE): with one of them set, `initialize` may be called bare.
@@ -152,9 +160,28 @@ def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...])
     return slice(lo, hi)
 
 
-def sync(name: str) -> None:
-    """Wait until every process reaches the barrier ``name`` (nothing to wait for on one process)."""
+def primary_first(action, what: str) -> None:
+    """Run ``action()`` on process 0 only; then every process learns whether it succeeded.
+
+    Process 0 re-raises its own error; the others raise a RuntimeError saying process 0 failed,
+    instead of waiting in the next collective for a process that has left (issue 12: a locked
+    or unwritable output folder on process 0 must stop every process, promptly). The broadcast
+    is also a barrier: nothing after it starts before process 0's action is done.
+    """
+    error = None
+    if jax.process_index() == 0:
+        try:
+            action()
+        except BaseException as e:  # KeyboardInterrupt too: the others must not wait for it
+            error = e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            raise RuntimeError(
+                f"{what} failed on process 0 (its own output says why); process "
+                f"{jax.process_index()} stops too."
+            )
+    if error is not None:
+        raise error

@@ -26,7 +26,7 @@ from jcnn.train.checkpoint import (
     legacy_message,
     state_nbytes,
 )
-from jcnn.train.distributed import sync
+from jcnn.train.distributed import primary_first
 from jcnn.train.identity import check_same_run
 from jcnn.train.metrics import write_metrics
 from jcnn.train.rundir import RunFolder
@@ -92,9 +92,11 @@ class RunOutput:
         self._pending: tuple | None = None  # (history, extra) of the checkpoint being written
 
     def __enter__(self) -> RunOutput:
-        if self._folder is not None:
+        def take_folder():  # process 0's; the others wait, and stop too if it fails
             self._folder.__enter__()  # creates the folder and takes the lock
             self._folder.clean_stale_files()
+
+        primary_first(take_folder, f"{self.where}: taking the output folder {self.out_dir}")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -122,7 +124,8 @@ class RunOutput:
         """
         checkpoints = os.path.join(self.out_dir, CHECKPOINT_DIR)
         mid = os.path.join(self.out_dir, MID_EPOCH_DIR)
-        if self._folder is not None:
+
+        def prepare():  # process 0's; the others open the checkpoints only once it is done
             self._folder.probe(need_bytes=state_nbytes(state) * (self.keep + 1) + 2**20)
             if not resume:
                 for folder in (checkpoints, mid):
@@ -130,8 +133,8 @@ class RunOutput:
                         shutil.rmtree(folder)
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(self.out_dir, LEGACY_NAME))
-        # The other processes open the checkpoint folder only once process 0 has emptied it.
-        sync("jcnn.train.output.start")
+
+        primary_first(prepare, f"{self.where}: preparing the output folder {self.out_dir}")
         self._store = CheckpointStore(checkpoints, keep=self.keep)
         if os.path.isdir(mid):
             self._mid = CheckpointStore(mid, keep=self.keep)
