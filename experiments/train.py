@@ -131,6 +131,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     many.add_argument("--num-processes", type=_number(int, 1), default=None, metavar="N")
     many.add_argument("--process-id", type=_number(int, 0), default=None, metavar="I")
     many.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run by JAX's cluster auto-detection alone (e.g. on a Cloud TPU "
+        "pod slice, where no variable above need be set)",
+    )
+    many.add_argument(
         "--heartbeat-timeout",
         type=_number(int, 1),
         default=100,
@@ -143,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     multi = (args.coordinator, args.num_processes, args.process_id)
     if any(v is not None for v in multi) and not all(v is not None for v in multi):
         p.error("--coordinator, --num-processes and --process-id go together")
+    if args.distributed and args.coordinator is not None:
+        p.error("--distributed (auto-detection) and --coordinator exclude each other")
     if args.process_id is not None and args.process_id >= args.num_processes:
         p.error(f"--process-id must be below --num-processes {args.num_processes}, got {args.process_id}")
     return args
@@ -156,7 +164,7 @@ def join_processes(args) -> None:
         distributed.initialize(
             args.coordinator, args.num_processes, args.process_id, heartbeat_timeout_s=args.heartbeat_timeout
         )
-    elif distributed.cluster_detected():
+    elif args.distributed or distributed.cluster_detected():
         distributed.initialize(heartbeat_timeout_s=args.heartbeat_timeout)
 
 

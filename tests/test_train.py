@@ -593,3 +593,32 @@ def test_experiment_script_smoke(tmp_path):
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert len(history) == 1 and f"{history[0]['test_accuracy']:.4f}" == last.split(": ")[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--coordinator", "127.0.0.1:1234"], "--coordinator, --num-processes and --process-id go together"),
+        (
+            ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+            "--process-id must be below --num-processes 2, got 2",
+        ),
+        (["--num-processes", "0", "--coordinator", "h:1", "--process-id", "0"], "must be >= 1, got 0"),
+        (
+            ["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0"],
+            "exclude each other",
+        ),
+        (["--checkpoint-every", "0"], "must be >= 1, got 0"),
+    ],
+)
+def test_cli_multi_process_options_are_validated(argv, message, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit):
+        script.parse_args(argv)
+    assert message in capsys.readouterr().err
+    args = script.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
+    assert (args.coordinator, args.num_processes, args.process_id, args.distributed) == ("h:1", 2, 1, False)
