@@ -200,6 +200,10 @@ class CheckpointStore:
                 for (p, _), a in zip(leaves, hashed)
             ],
         }
+        # A snapshot: orbax serializes the metadata in the background (``wait=False``) while the
+        # caller goes on, e.g. appending to the very history list passed in; the bytes written
+        # must be the ones checksummed.
+        meta = json.loads(json.dumps(meta))
         meta["sha256"] = _meta_sha256(meta)
         self._manager.save(
             int(epoch if position is None else position["step"]),
