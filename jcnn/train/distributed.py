@@ -147,6 +147,11 @@ def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...])
     slice(0, 8, None)
     """
     index_map = sharding.addressable_devices_indices_map(tuple(global_shape))
+    if not index_map:
+        raise ValueError(
+            f"process_rows: process {jax.process_index()} has no device in the mesh; with several "
+            f"processes the mesh must include devices of every process (the default, jax.devices())."
+        )
     rows = sorted({(idx[0].start or 0, global_shape[0] if idx[0].stop is None else idx[0].stop)
                    for idx in index_map.values()})  # fmt: skip
     lo, hi = rows[0][0], rows[-1][1]
