@@ -10,9 +10,9 @@ Devices and data parallelism:
     count; evaluation pads its batches to one.
 
     On a GPU or TPU host nothing changes: ``jax.devices()`` lists the accelerators. With several
-    processes (``jax.distributed.initialize()`` first thing in every process), each process
-    feeds its own rows of every global batch (`Placement.place_batch`, through
-    ``jax.make_array_from_process_local_data``). To try the multi-device path on a CPU, set
+    processes (`jcnn.train.distributed.initialize` first thing in every process), each process
+    feeds its own rows of every global batch (`Placement.rows`, `Placement.place_local`, through
+    ``jax.make_array_from_process_local_data``; tests/test_distributed.py runs 2 processes). To try the multi-device path on a CPU, set
     ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before jax is imported.
 
 Precision:
