@@ -126,9 +126,13 @@ class Launch:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """The reference 2-process x 2-device run, 2 epochs: its folder and both processes' results."""
+    """The reference 2-process x 2-device run, 2 epochs: its folder and both processes' results.
+
+    It also checkpoints every 5 of the 16 steps per epoch (which changes nothing in training:
+    tests/test_train.py checks that on one process), for the mid-epoch resume below.
+    """
     tmp = tmp_path_factory.mktemp("two")
-    launch = Launch(tmp, tmp / "run", processes=2, devices=2)
+    launch = Launch(tmp, tmp / "run", processes=2, devices=2, options=["every", 5])
     return tmp / "run", launch.wait()
 
 
@@ -192,6 +196,7 @@ def test_two_processes_resume_from_their_checkpoint_bit_for_bit(two_processes, t
     run = tmp_path / "run"
     shutil.copytree(out, run)
     shutil.rmtree(run / "checkpoints" / "2")
+    shutil.rmtree(run / "checkpoints-mid")  # else the resume starts from the newest, mid-epoch 2
     resumed = Launch(tmp_path, run, processes=2, devices=2, options=["resume"]).wait()
     assert [r["hash"] for r in resumed] == [results[0]["hash"]] * 2
     assert resumed[0]["train_loss"] == results[0]["train_loss"]
@@ -199,16 +204,15 @@ def test_two_processes_resume_from_their_checkpoint_bit_for_bit(two_processes, t
 
 @pytest.mark.slow
 def test_two_processes_resume_mid_epoch_bit_for_bit(two_processes, tmp_path):
-    # checkpoint_every=5 over 16 steps per epoch: the newest mid-epoch checkpoint of a 2-epoch run
-    # is step 30 (epoch 2, batch 14). Without the epoch-2 checkpoint, two fresh processes resume
-    # there and end with the uninterrupted run's bytes.
-    _, results = two_processes
+    # The newest mid-epoch checkpoint of the reference run (every 5 of 16 steps per epoch) is
+    # step 30: epoch 2, batch 14. Without the epoch-2 checkpoint, two fresh processes resume
+    # there and end with the uninterrupted run's bytes and history.
+    out, results = two_processes
     run = tmp_path / "run"
-    first = Launch(tmp_path / "first", run, processes=2, devices=2, options=["every", 5]).wait()
-    assert [r["hash"] for r in first] == [results[0]["hash"]] * 2  # checkpointing changes nothing
+    shutil.copytree(out, run)
     assert sorted(int(p.name) for p in (run / "checkpoints-mid").iterdir() if p.name.isdigit()) == [25, 30]
     shutil.rmtree(run / "checkpoints" / "2")
-    resumed = Launch(tmp_path / "again", run, processes=2, devices=2, options=["every", 5, "resume"]).wait()
+    resumed = Launch(tmp_path, run, processes=2, devices=2, options=["every", 5, "resume"]).wait()
     assert [r["hash"] for r in resumed] == [results[0]["hash"]] * 2
     assert resumed[0]["train_loss"] == results[0]["train_loss"]
 
