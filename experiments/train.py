@@ -14,8 +14,17 @@ every epoch, checksummed, with the run's identity; the last ``--keep`` kept), ``
 ``metrics.csv`` and ``learning_curves.png``. Ctrl-C and ``--resume`` continue where the last
 finished epoch left off, with identical results; a resume with other flags than the run's is
 refused unless each changed field is named in ``--override``. One run per ``--out`` at a time.
+With ``--checkpoint-every STEPS`` a checkpoint is also taken every STEPS updates within an epoch
+(``checkpoints-mid/<step>/``), and ``--resume`` continues from there, bit for bit.
 On several devices (GPUs, a TPU host, or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-on a CPU) the batch is split over them; on a pod call ``jax.distributed.initialize()`` first.
+on a CPU) the batch is split over them. Several processes (one per host of a GPU cluster or a
+TPU pod, or several on one machine) run the same command with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (or under SLURM / Open MPI / Cloud TPU with none of them:
+JAX detects the cluster); each reads its share of every batch, only process 0 prints and plots:
+
+    # on one machine, two processes of two CPU devices each (one 4-device mesh over gloo):
+    for i in 0 1; do XLA_FLAGS=--xla_force_host_platform_device_count=2 python experiments/train.py \
+        --coordinator 127.0.0.1:12355 --num-processes 2 --process-id $i --no-progress & done; wait
 """
 
 from __future__ import annotations
@@ -99,6 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--keep", type=_number(int, 1), default=2, help="how many of the newest checkpoints to keep"
     )
     p.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 1),
+        default=None,
+        metavar="STEPS",
+        help="also checkpoint every STEPS updates within an epoch, so --resume continues mid-epoch",
+    )
+    p.add_argument(
         "--precision",
         choices=["default", "high", "highest"],
         default=None,
@@ -106,10 +122,50 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(TF32 on recent NVIDIA GPUs, bf16 passes on TPU, full float32 on CPU)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    many = p.add_argument_group(
+        "several processes (one per host, or several on one machine)",
+        "every process runs the same command with its own --process-id; without these flags, "
+        "JAX's cluster auto-detection (SLURM, Open MPI, Cloud TPU) is used when its variables are set",
+    )
+    many.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    many.add_argument("--num-processes", type=_number(int, 1), default=None, metavar="N")
+    many.add_argument("--process-id", type=_number(int, 0), default=None, metavar="I")
+    many.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run by JAX's cluster auto-detection alone (e.g. on a Cloud TPU "
+        "pod slice, where no variable above need be set)",
+    )
+    many.add_argument(
+        "--heartbeat-timeout",
+        type=_number(int, 1),
+        default=100,
+        metavar="S",
+        help="seconds without a heartbeat before a process is declared dead and the run stops",
+    )
     args = p.parse_args(argv)
     if args.override and not args.resume:
         p.error("--override only applies with --resume")
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in multi) and not all(v is not None for v in multi):
+        p.error("--coordinator, --num-processes and --process-id go together")
+    if args.distributed and args.coordinator is not None:
+        p.error("--distributed (auto-detection) and --coordinator exclude each other")
+    if args.process_id is not None and args.process_id >= args.num_processes:
+        p.error(f"--process-id must be below --num-processes {args.num_processes}, got {args.process_id}")
     return args
+
+
+def join_processes(args) -> None:
+    """``jax.distributed.initialize`` first thing (before any device is touched), when asked for."""
+    from jcnn.train import distributed
+
+    if args.coordinator is not None:
+        distributed.initialize(
+            args.coordinator, args.num_processes, args.process_id, heartbeat_timeout_s=args.heartbeat_timeout
+        )
+    elif args.distributed or distributed.cluster_detected():
+        distributed.initialize(heartbeat_timeout_s=args.heartbeat_timeout)
 
 
 def _defaults_help(i: int) -> str:
@@ -160,6 +216,8 @@ def main(argv=None) -> int:
     lr = args.lr if args.lr is not None else lr
     out = args.out or os.path.join("runs", f"{args.dataset}-{args.model}")
 
+    join_processes(args)
+
     import jax
     import optax
 
@@ -167,13 +225,16 @@ def main(argv=None) -> int:
     from jcnn.models import MODELS
     from jcnn.summary import summary
 
+    # Every process trains; only process 0 talks (and plots). Errors are printed by each.
+    primary = jax.process_index() == 0
+    say = print if primary else (lambda *a, **k: None)
     ds = load(args.dataset, args.data_dir)
     model = MODELS[args.model](ds.num_classes, ds.image_shape)
-    print(
+    say(
         f"{ds.name}: {len(ds.train.labels)} train / {len(ds.test.labels)} test images of shape {ds.image_shape}"
     )
-    print(f"model {args.model}:")
-    print(summary(model, ds.image_shape))
+    say(f"model {args.model}:")
+    say(summary(model, ds.image_shape))
 
     steps = epochs * (len(ds.train.labels) // batch_size)
     warmup = int(args.warmup_epochs * (len(ds.train.labels) // batch_size))
@@ -195,16 +256,17 @@ def main(argv=None) -> int:
         "weight_decay": args.weight_decay,
     }
     devices = jax.devices()
-    print(
+    procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    say(
         f"training {epochs} epochs, batch {batch_size}, adam{'w' if args.weight_decay else ''} lr {lr} "
-        f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s); output in {out}"
+        f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s){procs}; output in {out}"
     )
 
     trained = []  # the epochs this invocation trains (a resume may train none)
 
     def report(row: dict) -> None:
         trained.append(row)
-        print(
+        say(
             f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
             f" | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
             f" | {row['epoch_time_s']:.1f}s, {row['images_per_s']:.0f} images/s",
@@ -225,6 +287,7 @@ def main(argv=None) -> int:
             override=tuple(args.override),
             hparams=hparams,
             keep=args.keep,
+            checkpoint_every=args.checkpoint_every,
             precision=args.precision,
             progress=not args.no_progress,
             on_epoch_end=report,
@@ -248,22 +311,23 @@ def main(argv=None) -> int:
 
     history = result.history
     if not history:
-        print(f"--epochs {epochs}: nothing trained, no checkpoint written (metrics files in {out} are empty)")
+        say(f"--epochs {epochs}: nothing trained, no checkpoint written (metrics files in {out} are empty)")
         return 0
     last = history[-1]
-    plot_learning_curves(history, os.path.join(out, "learning_curves.png"), f"{ds.name} {args.model}")
+    if primary:
+        plot_learning_curves(history, os.path.join(out, "learning_curves.png"), f"{ds.name} {args.model}")
     if trained:
         rates = [row["images_per_s"] for row in trained]
-        print(
+        say(
             f"train step compiled in {result.compile_time_s:.2f}s; {wall:.1f}s in fit; "
             f"{sum(rates) / len(rates):.0f} images/s mean training throughput"
         )
-        print(
+        say(
             f"wrote {out}/{train.CHECKPOINT_DIR}/{last['epoch']}, metrics.json, metrics.csv, learning_curves.png"
         )
     else:
-        print(f"nothing to train: the checkpoint in {out} already has all {last['epoch']} epochs")
-    print(f"test accuracy: {last['test_accuracy']:.4f}")
+        say(f"nothing to train: the checkpoint in {out} already has all {last['epoch']} epochs")
+    say(f"test accuracy: {last['test_accuracy']:.4f}")
     return 0
 
 

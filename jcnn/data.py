@@ -49,7 +49,11 @@ __all__ = [
     "read_idx",
     "batches",
     "num_batches",
+    "epoch_order",
     "check_split",
+    "NpyShards",
+    "rows_of",
+    "row_chunks",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
@@ -577,6 +581,97 @@ def load_cifar10(path: PathLike) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# Sources larger than memory (issue 12): read only the rows asked for.
+
+
+class NpyShards:
+    """Rows stored as a sequence of ``.npy`` shards, memory-mapped, indexed as one array.
+
+    What `jcnn.train.fit` needs of a split's images (or labels) is ``len``, ``shape``,
+    ``dtype`` and indexing by an integer array or a slice of rows, returning a NumPy array of
+    just those rows; a plain array, a ``np.load(..., mmap_mode="r")`` memmap and this class all
+    give that. Each shard is opened with ``np.load(path, mmap_mode="r")``, so only the rows
+    indexed are read from disk: a dataset larger than memory trains without changing `fit`
+    (which, with several processes, reads only each process's rows of every batch).
+
+    Args:
+        paths: the shards' ``.npy`` files in order, each ``(n_i, *row_shape)`` of one dtype.
+
+    Raises:
+        ValueError: for no shards, or shards whose row shape or dtype differ.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     np.save(folder / f"part{i}.npy", np.arange(4 * i, 4 * i + 4).reshape(4, 1))
+    >>> rows = NpyShards(sorted(folder.glob("*.npy")))
+    >>> len(rows), rows.shape, rows[np.array([9, 0, 5])].ravel().tolist()
+    (12, (12, 1), [9, 0, 5])
+    """
+
+    def __init__(self, paths):
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise ValueError("NpyShards: `paths` must name at least one .npy file, got none.")
+        self._shards = [np.load(p, mmap_mode="r") for p in paths]
+        first = self._shards[0]
+        for path, shard in zip(paths, self._shards):
+            if shard.ndim < 1 or shard.shape[1:] != first.shape[1:] or shard.dtype != first.dtype:
+                raise ValueError(
+                    f"NpyShards: every shard must hold rows of shape {first.shape[1:]} and dtype "
+                    f"{first.dtype} like {paths[0]}, got {shard.shape} {shard.dtype} in {path}."
+                )
+        self._starts = np.cumsum([0] + [len(a) for a in self._shards])
+        self.paths = tuple(paths)
+        self.shape = (int(self._starts[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise TypeError(
+                f"NpyShards: index with a 1-D integer array or a slice of rows, got {index.dtype} "
+                f"of shape {index.shape}."
+            )
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(
+                f"NpyShards: row indices must lie in [0, {len(self)}), got {index.min()}..{index.max()}."
+            )
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        shard = np.searchsorted(self._starts, index, side="right") - 1
+        for k in np.unique(shard):  # one fancy-indexed read per shard touched
+            at = shard == k
+            out[at] = self._shards[k][index[at] - self._starts[k]]
+        return out
+
+    def __repr__(self) -> str:
+        return f"NpyShards({len(self.paths)} shards, shape={self.shape}, dtype={self.dtype})"
+
+
+def rows_of(a):
+    """``a`` as something `fit` can index by rows: arrays as NumPy arrays, lazy sources as they are.
+
+    A NumPy memmap stays memory-mapped (``np.asarray`` reads nothing); an object with ``shape``,
+    ``dtype`` and ``__getitem__`` but no ``__array__`` (e.g. `NpyShards`) is kept unread; anything
+    else (lists, jax or torch arrays) becomes a NumPy array.
+    """
+    lazy = not hasattr(a, "__array__") and all(hasattr(a, k) for k in ("shape", "dtype", "__getitem__"))
+    return a if lazy else np.asarray(a)
+
+
+def row_chunks(a, rows: int = 4096):
+    """``a[lo:lo + rows]`` for ``lo = 0, rows, ...``: a pass over a (lazy) array in bounded memory."""
+    for lo in range(0, len(a), rows):
+        yield np.asarray(a[lo : lo + rows])
+
+
+# ---------------------------------------------------------------------------------------------
 # Validation of a split before training (issue 11 item 4).
 
 
@@ -605,7 +700,9 @@ def check_split(
         where: the public function to name in messages.
 
     Returns:
-        ``(images, labels)`` as NumPy arrays (not copied when they already are).
+        ``(images, labels)`` as NumPy arrays (not copied when they already are); images that
+        are a lazy source (`NpyShards`, see `rows_of`) are returned as they are, checked by
+        streaming them in chunks.
 
     Raises:
         TypeError: for non-numeric images or non-integer labels.
@@ -619,8 +716,8 @@ def check_split(
     ValueError: check_split: train label at index 1 is 4; labels must be integers in [0, 3).
     """
     num_classes = as_int(num_classes, where, "num_classes", minimum=1)
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.dtype.kind not in "iuf":
+    images, labels = rows_of(images), np.asarray(labels)
+    if np.dtype(images.dtype).kind not in "iuf":
         raise TypeError(
             f"{where}: {split} images must be a numeric (integer or float) array, got dtype {images.dtype}."
         )
@@ -650,12 +747,16 @@ def check_split(
             f"{where}: {split} label at index {i} is {labels[i]}; labels must be integers in "
             f"[0, {num_classes})."
         )
-    if images.dtype.kind == "f" and images.size:
-        finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            value = images[i].reshape(-1)[np.argmin(np.isfinite(images[i].reshape(-1)))]
-            raise ValueError(f"{where}: {split} image at index {i} holds a non-finite value ({value}).")
+    if np.dtype(images.dtype).kind == "f":
+        # In chunks of rows: a memory-mapped split is streamed, never held whole.
+        for lo, chunk in zip(range(0, len(images), 4096), row_chunks(images, 4096)):
+            finite = np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                i = int(np.argmin(finite))
+                value = chunk[i].reshape(-1)[np.argmin(np.isfinite(chunk[i].reshape(-1)))]
+                raise ValueError(
+                    f"{where}: {split} image at index {lo + i} holds a non-finite value ({value})."
+                )
     return images, labels
 
 
@@ -756,8 +857,27 @@ def batches(
             f"{where}: `start_batch` must be at most the {total} batches of an epoch "
             f"({n} examples, batch_size {batch_size}), got {start_batch}."
         )
-    order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else None
+    order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else None
     return _iterate(images, labels, order, batch_size, range(start_batch, total), n)
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` of a run seeded ``seed`` visits ``n`` examples.
+
+    A permutation of ``range(n)`` drawn from ``numpy.random.default_rng((seed, epoch))``: a
+    pure function of its arguments, so every process of a multi-process run computes the same
+    global order and reads only its rows of each batch, and a resume at batch ``k`` of the epoch
+    continues with ``order[k * batch_size:]``. `batches` visits examples in this order.
+
+    >>> epoch_order(5, seed=0, epoch=0).tolist() == epoch_order(5, seed=0, epoch=0).tolist()
+    True
+    >>> sorted(epoch_order(5, seed=0, epoch=1).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    n = as_int(n, "epoch_order", "n", minimum=0)
+    seed = as_int(seed, "epoch_order", "seed", minimum=0)
+    epoch = as_int(epoch, "epoch_order", "epoch", minimum=0)
+    return np.random.default_rng((seed, epoch)).permutation(n)
 
 
 def _iterate(images, labels, order, batch_size, batch_indices, n):

@@ -4,6 +4,7 @@ precision, lazy imports. The fault-injection tests (kills, flipped bytes, locks)
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -272,6 +273,74 @@ def test_resume_is_bit_identical(straight_run, digits, tmp_path):
     assert tree_equal(again.state, straight.state) and again.compile_time_s == 0.0
 
 
+def test_mid_epoch_resume_is_bit_identical(straight_run, digits, tmp_path):
+    # checkpoint_every=7 over 20 steps per epoch: mid-epoch checkpoints at steps 7, 14 (epoch 1)
+    # and 21, 28, 35 (epoch 2), the newest 2 kept. Checkpointing does not change training.
+    _, straight = straight_run
+    kw = dict(epochs=2, batch_size=BATCH, seed=3, out_dir=tmp_path, progress=False)
+    full = train.fit(MODEL, OPTIMIZER, digits, checkpoint_every=7, **kw)
+    assert tree_equal(full.state, straight.state)
+    mid = tmp_path / "checkpoints-mid"
+    assert sorted(int(p.name) for p in mid.iterdir() if p.name.isdigit()) == [28, 35]
+    # As if killed at step 38: the epoch-2 checkpoint never written, the newest is mid-epoch 2,
+    # batch 15 of 20. The resume continues there and ends with the same bytes and metrics.
+    shutil.rmtree(tmp_path / "checkpoints" / "2")
+    meta = CheckpointStore(mid, create=False).read_meta(35)
+    assert (meta["epoch"], meta["position"]["batch"], meta["position"]["step"]) == (1, 15, 35)
+    resumed = train.fit(MODEL, OPTIMIZER, digits, resume=True, checkpoint_every=7, **kw)
+    assert tree_equal(resumed.state, straight.state)
+    keys = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in straight.history]
+    # Within the first epoch (no epoch checkpoint at all), and without checkpoint_every now.
+    shutil.rmtree(tmp_path / "checkpoints")
+    shutil.rmtree(mid)
+    first = tmp_path / "first"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C at the end of epoch 1, before its checkpoint
+        train.fit(MODEL, OPTIMIZER, digits, checkpoint_every=7, **{**kw, "out_dir": first},
+                  on_epoch_end=_interrupt)  # fmt: skip
+    shutil.rmtree(first / "checkpoints" / "1")
+    assert sorted(int(p.name) for p in (first / "checkpoints-mid").iterdir() if p.name.isdigit()) == [7, 14]
+    resumed = train.fit(MODEL, OPTIMIZER, digits, resume=True, **{**kw, "out_dir": first})
+    assert tree_equal(resumed.state, straight.state)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+def test_fit_reads_a_lazy_source_of_npy_shards(straight_run, digits, tmp_path):
+    # A split larger than memory: images as memory-mapped .npy shards (uneven sizes), indexed
+    # row by row. The same bytes as the in-memory run, and the same data fingerprint (a run may
+    # move between the two forms and resume).
+    out, straight = straight_run
+    images, labels = digits.train
+    for i, (lo, hi) in enumerate([(0, 100), (100, 333), (333, len(labels))]):
+        np.save(tmp_path / f"part{i}.npy", images[lo:hi])
+    shards = data.NpyShards(sorted(tmp_path.glob("part*.npy")))
+    assert shards.shape == images.shape and np.array_equal(
+        shards[np.array([5, 400, 101])], images[[5, 400, 101]]
+    )
+    lazy = digits._replace(train=(shards, labels))
+    result = train.fit(MODEL, OPTIMIZER, lazy, epochs=2, batch_size=BATCH, seed=3, out_dir=tmp_path / "run",
+                       progress=False)  # fmt: skip
+    assert tree_equal(result.state, straight.state)
+    ident = [
+        CheckpointStore(d / "checkpoints", create=False).read_meta()["identity"]
+        for d in (out, tmp_path / "run")
+    ]
+    assert ident[0]["data_sha256"] == ident[1]["data_sha256"]
+    np.save(tmp_path / "odd.npy", labels)
+    with pytest.raises(ValueError, match=r"NpyShards: every shard must hold rows of shape \(8, 8, 1\)"):
+        data.NpyShards([tmp_path / "part0.npy", tmp_path / "odd.npy"])
+    bad = np.array(images[:64])
+    bad[37, 2, 2, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match=r"fit: train image at index 37 holds a non-finite value \(nan\)"):
+        train.fit(MODEL, OPTIMIZER, digits._replace(train=(data.NpyShards([tmp_path / "bad.npy"]), labels[:64])),
+                  epochs=1, batch_size=BATCH)  # fmt: skip
+
+
+def _interrupt(row):
+    raise KeyboardInterrupt
+
+
 def test_resume_errors(straight_run, digits, tmp_path):
     out, _ = straight_run
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -524,3 +593,32 @@ def test_experiment_script_smoke(tmp_path):
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert len(history) == 1 and f"{history[0]['test_accuracy']:.4f}" == last.split(": ")[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--coordinator", "127.0.0.1:1234"], "--coordinator, --num-processes and --process-id go together"),
+        (
+            ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+            "--process-id must be below --num-processes 2, got 2",
+        ),
+        (["--num-processes", "0", "--coordinator", "h:1", "--process-id", "0"], "must be >= 1, got 0"),
+        (
+            ["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "0"],
+            "exclude each other",
+        ),
+        (["--checkpoint-every", "0"], "must be >= 1, got 0"),
+    ],
+)
+def test_cli_multi_process_options_are_validated(argv, message, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit):
+        script.parse_args(argv)
+    assert message in capsys.readouterr().err
+    args = script.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
+    assert (args.coordinator, args.num_processes, args.process_id, args.distributed) == ("h:1", 2, 1, False)

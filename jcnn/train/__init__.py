@@ -10,6 +10,9 @@
 * `jcnn.train.rundir`, `jcnn.train.metrics`, `jcnn.train.output`: the output folder (one run at
   a time, probed before training, atomic writes) and the metric files rewritten from the
   checkpoint's history.
+* `jcnn.train.distributed`: several processes (one per host) in one mesh through
+  ``jax.distributed`` (`jcnn.train.distributed.initialize`, first thing in every process), and
+  each process's rows of a global batch.
 * `jcnn.train.fit`: `fit`, the orchestration of all of the above.
 
 Models are per-example `jcnn.layers.Layer` s mapping one image ``(h, w, c)`` to logits
@@ -18,6 +21,7 @@ Models are per-example `jcnn.layers.Layer` s mapping one image ``(h, w, c)`` to 
 
 from jcnn.train.checkpoint import (
     CHECKPOINT_DIR,
+    MID_EPOCH_DIR,
     Checkpoint,
     CheckpointError,
     CheckpointStore,
@@ -56,6 +60,7 @@ __all__ = [
     "RunLockedError",
     "CHECKPOINT_NAME",
     "CHECKPOINT_DIR",
+    "MID_EPOCH_DIR",
     "LOCK_NAME",
     "METRICS_JSON",
     "METRICS_CSV",

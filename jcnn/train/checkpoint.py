@@ -6,6 +6,9 @@ Layout of ``<out_dir>/checkpoints/`` (an ``orbax.checkpoint.CheckpointManager`` 
   each into a temporary folder and renames it when complete (the atomic commit), so a kill at
   any moment leaves only whole checkpoints; unfinished temporary folders are removed when the
   folder is next opened (``cleanup_tmp_directories``).
+* ``<out_dir>/checkpoints-mid/<step>/``: the same, for checkpoints taken within an epoch
+  (``fit(checkpoint_every=...)``), named by the number of updates taken; their ``meta`` also
+  holds ``position`` (the batch reached in the epoch and its running metric sums).
 * ``<epoch>/state``: the `TrainState`'s leaves as arrays, one per leaf, named ``"0000"``,
   ``"0001"``, ... in ``jax.tree_util`` order (orbax's standard handler: tensorstore, OCDBT).
 * ``<epoch>/meta``: JSON: ``format``, ``epoch``, ``history`` (every epoch's metrics: the
@@ -19,7 +22,10 @@ anywhere is refused with a `CheckpointError` naming the checkpoint and the item 
 never resumed (issue 11 item 1 found a flipped sign bit resumed silently).
 
 Multi-process runs (issue 12): every process calls `CheckpointStore.save` and ``restore``, as
-orbax requires; the arrays are the replicated state, fetched to each host.
+orbax requires. The state's device arrays are handed to orbax as they are, so a state on a mesh
+spanning processes is written collectively (each shard once); every process computes the same
+checksums from its host copy of the replicated state, and on restore each reads the arrays back
+into host memory and verifies them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from jcnn.train.state import TrainState
 __all__ = [
     "FORMAT",
     "CHECKPOINT_DIR",
+    "MID_EPOCH_DIR",
     "LEGACY_NAME",
     "Checkpoint",
     "CheckpointError",
@@ -51,6 +58,8 @@ __all__ = [
 FORMAT = "jcnn-checkpoint/1"
 #: The folder inside ``out_dir`` that holds the checkpoints.
 CHECKPOINT_DIR = "checkpoints"
+#: The folder inside ``out_dir`` that holds the checkpoints taken within an epoch.
+MID_EPOCH_DIR = "checkpoints-mid"
 #: The single-file checkpoint of jcnn before orbax (flax msgpack); recognised, not read.
 LEGACY_NAME = "checkpoint.msgpack"
 
@@ -70,7 +79,13 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint(NamedTuple):
-    """A loaded checkpoint: the state, the number of finished epochs, their history, the identity."""
+    """A loaded checkpoint: the state, the number of finished epochs, their history, the identity.
+
+    A checkpoint taken within an epoch (``fit(checkpoint_every=...)``) also has a ``position``
+    in its metadata (`CheckpointStore.read_meta`): ``step`` (the updates taken, the folder's
+    number), ``batch`` (batches of epoch ``epoch`` already taken) and the running sums of that
+    epoch's metrics (``loss_sum``, ``acc_sum``, ``seen``).
+    """
 
     state: TrainState
     epoch: int
@@ -136,9 +151,21 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def save(
-        self, epoch: int, state: TrainState, *, history: list, identity: dict, overrides=(), wait: bool = True
+        self,
+        epoch: int,
+        state: TrainState,
+        *,
+        history: list,
+        identity: dict,
+        overrides=(),
+        position: dict | None = None,
+        wait: bool = True,
     ) -> None:
         """Write the checkpoint after ``epoch`` epochs; with ``wait``, return once it is committed.
+
+        With ``position`` (see `Checkpoint`: where in the epoch) the checkpoint is one within epoch ``epoch`` (0-based
+        index of the epoch in progress, i.e. the number finished) and its folder is named by
+        ``position["step"]`` instead of ``epoch``.
 
         The arrays are fetched to the host first (so the caller may donate ``state`` right
         after), checksummed, and handed to orbax with the metadata. With ``wait=False`` orbax
@@ -148,13 +175,21 @@ class CheckpointStore:
         ocp = _ocp()
         host = jax.device_get(state)
         leaves = jax.tree_util.tree_leaves_with_path(host)
-        arrays = {f"{i:04d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
+        # The arrays go to orbax as they are: device arrays (a replicated state on a mesh that
+        # may span processes) are written collectively, each shard once by the process holding
+        # its first replica; the host copies are only checksummed.
+        arrays = {
+            f"{i:04d}": leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(state))
+        }
+        hashed = [np.asarray(leaf) for _, leaf in leaves]
         meta: dict[str, Any] = {
             "format": FORMAT,
             "epoch": int(epoch),
             "history": history,
             "identity": identity,
             "overrides": list(overrides),
+            **({} if position is None else {"position": dict(position)}),
             "arrays": [
                 {
                     "path": jax.tree_util.keystr(p),
@@ -162,12 +197,16 @@ class CheckpointStore:
                     "dtype": a.dtype.str,
                     "sha256": _sha256(a),
                 }
-                for (p, _), a in zip(leaves, arrays.values())
+                for (p, _), a in zip(leaves, hashed)
             ],
         }
+        # A snapshot: orbax serializes the metadata in the background (``wait=False``) while the
+        # caller goes on, e.g. appending to the very history list passed in; the bytes written
+        # must be the ones checksummed.
+        meta = json.loads(json.dumps(meta))
         meta["sha256"] = _meta_sha256(meta)
         self._manager.save(
-            int(epoch),
+            int(epoch if position is None else position["step"]),
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
@@ -222,8 +261,11 @@ class CheckpointStore:
         epoch = self.latest_epoch() if epoch is None else epoch
         meta = self.read_meta(epoch)
         path = self.path(epoch)
-        if meta["epoch"] != epoch:
-            raise self._broken(epoch, "meta", f"says epoch {meta['epoch']} in the folder of epoch {epoch}")
+        position = meta.get("position")
+        number = meta["epoch"] if position is None else position["step"]
+        if number != epoch:
+            what = "epoch" if position is None else "step"
+            raise self._broken(epoch, "meta", f"says {what} {number} in the folder of {what} {epoch}")
 
         def broken(item: str, why: str) -> CheckpointError:
             return self._broken(epoch, item, why)

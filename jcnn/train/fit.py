@@ -77,6 +77,7 @@ class _Run(NamedTuple):
     eval_step: EvalStep | None
     state: TrainState
     identity: dict
+    checkpoint_every: int | None
 
 
 def fit(
@@ -95,6 +96,7 @@ def fit(
     precision: str | None = None,
     eval_batch_size: int = 512,
     devices: Sequence[jax.Device] | None = None,
+    checkpoint_every: int | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> FitResult:
@@ -128,6 +130,9 @@ def fit(
             number of steps, ``epochs * (len(train) // batch_size)``.
         dataset: a `jcnn.data.Dataset`, or anything with ``train`` and ``test`` splits that
             unpack as ``(images, labels)`` (``test`` may be None) and optionally a ``name``.
+            The images may be a lazy source read only by the rows a step needs: a memmap
+            (``np.load(path, mmap_mode="r")``), `jcnn.data.NpyShards`, or any object with
+            ``shape``, ``dtype`` and ``__getitem__`` of an integer array or slice of rows.
         epochs: total number of epochs (including those of a resumed run).
         batch_size: training batch size, a multiple of the number of devices.
         seed: seed of the parameter init, the dropout keys and the data order.
@@ -140,7 +145,11 @@ def fit(
         precision: None (JAX's default), ``"default"``, ``"high"`` or ``"highest"``: the steps
             are traced under ``jax.default_matmul_precision``.
         eval_batch_size: batch size of the test evaluation.
-        devices: devices of the ``"data"`` mesh; default all of ``jax.devices()``.
+        devices: devices of the ``"data"`` mesh; default all of ``jax.devices()`` (with several
+            processes, every process's devices: each feeds its own rows of every batch).
+        checkpoint_every: also checkpoint every this many updates within an epoch (into
+            ``checkpoints-mid/<step>``, the position in the epoch included), so that a resume
+            continues mid-epoch, bit for bit; None: at the ends of epochs only.
         progress: show a tqdm progress bar per epoch (loss, accuracy, images/s).
         on_epoch_end: called with each new history row.
 
@@ -167,17 +176,21 @@ def fit(
     run = _prepare(
         model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, hparams=hparams,
         precision=precision, eval_batch_size=eval_batch_size, devices=devices,
+        checkpoint_every=checkpoint_every,
     )  # fmt: skip
     resume = as_bool(resume, "fit", "resume")
+    primary = jax.process_index() == 0  # with several processes, only process 0 shows a bar
     output = NoOutput() if out_dir is None else RunOutput(out_dir, run.identity, keep=keep)
     with output:
         state, history = output.start(run.state, resume=resume, override=tuple(override))
+        position = output.position  # where a mid-epoch checkpoint left its epoch, or None
         state = run.train_step.place_state(state)
         compile_time = _compile(run, state) if len(history) < run.epochs and run.steps_per_epoch else 0.0
         extra = {"compile_time_s": compile_time, "num_devices": run.train_step.num_devices}
         for epoch in range(len(history), run.epochs):
-            bar = _progress(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress)
-            state, row = _train_epoch(run, state, epoch, bar, output.last_good)
+            bar = _progress(run.steps_per_epoch, f"epoch {epoch + 1}/{run.epochs}", progress and primary)
+            state, row = _train_epoch(run, state, epoch, bar, output, history, position)
+            position = None
             history.append(_with_test_metrics(run, state, row))
             output.commit(state, history, extra)
             if on_epoch_end is not None:
@@ -186,16 +199,20 @@ def fit(
 
 
 def _prepare(
-    model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices
-) -> _Run:
+    model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices,
+    checkpoint_every,
+) -> _Run:  # fmt: skip
     """Check every argument and the data, build the steps, the initial state and the run's identity."""
     where = "fit"
     epochs = as_int(epochs, where, "epochs", minimum=0)
     batch_size = as_int(batch_size, where, "batch_size", minimum=1)
     seed = as_int(seed, where, "seed", minimum=0)
     eval_batch_size = as_int(eval_batch_size, where, "eval_batch_size", minimum=1)
+    if checkpoint_every is not None:
+        checkpoint_every = as_int(checkpoint_every, where, "checkpoint_every", minimum=1)
     precision = check_precision(precision, where)
-    images, labels = (np.asarray(a) for a in dataset.train)
+    images, labels = dataset.train
+    images, labels = jdata.rows_of(images), np.asarray(labels)  # a lazy source stays unread
     if images.ndim < 2:
         raise ValueError(f"{where}: train images must have shape (n, *image_shape), got {images.shape}.")
     state, num_classes = init_state_and_classes(model, optimizer, seed, images.shape[1:], where)
@@ -219,7 +236,7 @@ def _prepare(
     )  # fmt: skip
     return _Run(
         train, test, batch_size, seed, epochs, len(labels) // batch_size, eval_batch_size,
-        train_step, eval_step, state, identity,
+        train_step, eval_step, state, identity, checkpoint_every,
     )  # fmt: skip
 
 
@@ -272,13 +289,22 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=True)
 
 
-def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
-    """One epoch of training; returns the state and the epoch's training half of a history row."""
-    train_step, steps_per_epoch = run.train_step, run.steps_per_epoch
-    batches = jdata.batches(*run.train, run.batch_size, seed=run.seed, epoch=epoch, drop_last=True)
-    first_step = int(state.step)
-    loss_sum = acc_sum = 0.0
-    seen = images = 0
+def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, output, history: list, position):
+    """One epoch of training (from ``position``'s batch when resuming mid-epoch); returns the
+    state and the epoch's training half of a history row. With ``run.checkpoint_every``, every
+    that many updates a mid-epoch checkpoint records the state, the batch reached and the running
+    sums of the epoch's metrics, so that a resume from it ends with the same row.
+    """
+    train_step, steps_per_epoch, every = run.train_step, run.steps_per_epoch, run.checkpoint_every
+    start = 0 if position is None else int(position["batch"])
+    batches = _process_batches(run, epoch, start)
+    first_step = int(state.step) - start  # the step count at the epoch's beginning
+    loss_sum = 0.0 if position is None else float(position["loss_sum"])
+    acc_sum = 0.0 if position is None else float(position["acc_sum"])
+    seen = 0 if position is None else int(position["seen"])
+    images = 0  # this call's images only: images/s measures this call's training
+    if bar is not None:
+        bar.update(start)
 
     def consume(i: int, n: int, metrics) -> None:
         # Fetching step i's metrics while step i + 1 is already queued keeps the device busy.
@@ -287,7 +313,7 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
         if not math.isfinite(loss):
             if bar is not None:
                 bar.close()
-            _raise_non_finite(loss, first_step + i + 1, epoch, i + 1, steps_per_epoch, last_good)
+            _raise_non_finite(loss, first_step + i + 1, epoch, i + 1, steps_per_epoch, output.last_good)
         loss_sum += loss
         acc_sum += acc
         seen += 1
@@ -305,19 +331,26 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
     t0 = time.perf_counter()
     pending = None
     try:
-        for i, (x, y) in enumerate(batches):
-            state, metrics = train_step(state, x, y)
+        for i, (x, y) in enumerate(batches, start):
+            state, metrics = train_step.call_local(state, run.batch_size, x, y)
             if pending is not None:
                 consume(*pending)
-            pending = (i, len(y), metrics)
+            pending = (i, run.batch_size, metrics)
+            step = first_step + i + 1
+            if every is not None and step % every == 0 and i + 1 < steps_per_epoch:
+                consume(*pending)  # the sums saved must include this step
+                pending = None
+                where = {"step": step, "batch": i + 1, "loss_sum": loss_sum, "acc_sum": acc_sum, "seen": seen}
+                output.commit_mid(state, history, where)
         if pending is not None:
             consume(*pending)
         train_time = time.perf_counter() - t0
         if not bool(_all_finite(state)):
             step = int(state.step)
             _raise_non_finite(
-                float("nan"), step, epoch, steps_per_epoch, steps_per_epoch, last_good, what="the train state"
-            )
+                float("nan"), step, epoch, steps_per_epoch, steps_per_epoch, output.last_good,
+                what="the train state",
+            )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -329,6 +362,21 @@ def _train_epoch(run: _Run, state: TrainState, epoch: int, bar, last_good):
         "train_time_s": train_time,
         "images_per_s": images / train_time if train_time > 0 else float("nan"),
     }
+
+
+def _process_batches(run: _Run, epoch: int, start_batch: int = 0):
+    """This process's rows of each global batch of the epoch, read from the training split.
+
+    The global order is `jcnn.data.epoch_order` (seed, epoch), the same in every process and
+    for any process count; each process reads only rows ``placement.rows(batch_size)`` of each
+    batch, so a split that reads lazily (a memory-mapped array) loads nothing else.
+    """
+    images, labels = run.train
+    order = jdata.epoch_order(len(labels), seed=run.seed, epoch=epoch)
+    rows = run.train_step.placement.rows(run.batch_size)
+    for i in range(start_batch, run.steps_per_epoch):
+        idx = order[i * run.batch_size : (i + 1) * run.batch_size][rows]
+        yield images[idx], labels[idx]
 
 
 def _raise_non_finite(loss, step, epoch, batch, nb, last_good, what="the training loss"):

@@ -10,9 +10,9 @@ Devices and data parallelism:
     count; evaluation pads its batches to one.
 
     On a GPU or TPU host nothing changes: ``jax.devices()`` lists the accelerators. With several
-    processes (``jax.distributed.initialize()`` first thing in every process), each process
-    feeds its own rows of every global batch (`Placement.place_batch`, through
-    ``jax.make_array_from_process_local_data``). To try the multi-device path on a CPU, set
+    processes (`jcnn.train.distributed.initialize` first thing in every process), each process
+    feeds its own rows of every global batch (`Placement.rows`, `Placement.place_local`, through
+    ``jax.make_array_from_process_local_data``; tests/test_distributed.py runs 2 processes). To try the multi-device path on a CPU, set
     ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before jax is imported.
 
 Precision:
@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jcnn import data as jdata
 from jcnn.checks import as_int, one_of
 from jcnn.layers import Layer, batched
+from jcnn.train.distributed import process_rows
 from jcnn.train.state import TrainState, check_model, check_optimizer
 
 __all__ = [
@@ -101,21 +102,34 @@ class Placement:
                 f"batch size that is a multiple of {k}, e.g. {max(k, n - n % k)} or {n + k - n % k}."
             )
 
+    def rows(self, n: int) -> slice:
+        """The rows of a global batch of ``n`` that this process feeds (all of them on one process)."""
+        return process_rows(self.batch_sharding, (n,))
+
     def place_batch(self, *arrays):
-        """Put host arrays (the global batch) on the mesh, split along axis 0."""
+        """Put host arrays (the global batch) on the mesh, split along axis 0.
+
+        With several processes every process passes the same global batch and feeds only its
+        own rows (`rows`); `place_local` is the form for a process that read only those.
+        """
         if jax.process_count() == 1:
             return tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
-        # Multi-host: every process holds the same global batch and feeds only its own rows,
-        # block `i` of `p`: the mesh follows jax.devices(), which lists each process's devices
-        # together. (Only the single-process path is exercised by the tests.)
-        out = []
-        p, i = jax.process_count(), jax.process_index()
-        for a in arrays:
-            a = np.asarray(a)
-            rows = a.shape[0] // p
-            local = a[i * rows : (i + 1) * rows]
-            out.append(jax.make_array_from_process_local_data(self.batch_sharding, local, a.shape))
-        return tuple(out)
+        n = np.shape(arrays[0])[0]
+        rows = self.rows(n)
+        return self.place_local(n, *(np.asarray(a)[rows] for a in arrays))
+
+    def place_local(self, n: int, *arrays):
+        """This process's rows (`rows` of a global batch of ``n``) assembled into global arrays.
+
+        ``jax.make_array_from_process_local_data`` stitches every process's rows into one
+        array sharded over the whole mesh; on one process the rows are the whole batch.
+        """
+        if jax.process_count() == 1:
+            return tuple(jax.device_put(a, self.batch_sharding) for a in arrays)
+        return tuple(
+            jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(a), (n, *np.shape(a)[1:]))
+            for a in arrays
+        )
 
     def place_replicated(self, tree):
         """``tree`` on every device of the mesh."""
@@ -199,6 +213,14 @@ class TrainStep:
 
     def __call__(self, state: TrainState, x, y):
         return self.jitted(state, *self.place_batch(x, y))
+
+    def call_local(self, state: TrainState, n: int, x, y):
+        """The step on a global batch of ``n`` of which this process passes only its rows.
+
+        ``x`` and ``y`` are rows ``placement.rows(n)`` of the global batch: what a process
+        reads of its share (`jcnn.train.fit` reads nothing else). On one process, the batch.
+        """
+        return self.jitted(state, *self.placement.place_local(n, x, y))
 
 
 def make_train_step(
@@ -309,6 +331,10 @@ class EvalStep:
         self.placement.check_batch(np.shape(x)[0], "eval step")
         return self.jitted(params, model_state, *self.placement.place_batch(x, y, mask))
 
+    def call_local(self, params, model_state, n: int, x, y, mask):
+        """As `TrainStep.call_local`: ``x``, ``y``, ``mask`` are this process's rows of ``n``."""
+        return self.jitted(params, model_state, *self.placement.place_local(n, x, y, mask))
+
     def lower(self, state: TrainState, x, y, *, batch_size: int):
         """``jitted.lower`` for batches of ``batch_size`` rows shaped like ``x`` / ``y``'s rows."""
         size = _round_up(batch_size, self.num_devices)
@@ -402,22 +428,28 @@ def evaluate(
         raise TypeError(
             f"evaluate: `eval_step` must be an EvalStep or a Layer, got {type(eval_step).__name__}."
         )
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.shape[:1] != labels.shape[:1]:
+    images, labels = jdata.rows_of(images), np.asarray(labels)  # a lazy source stays unread
+    if tuple(images.shape[:1]) != labels.shape[:1]:
         raise ValueError(
             f"evaluate: `images` and `labels` must have the same length along axis 0, got shapes "
             f"{images.shape} and {labels.shape}."
         )
     size = _round_up(as_int(batch_size, "evaluate", "batch_size", minimum=1), eval_step.num_devices)
     n = images.shape[0]
+    # Each process reads only its rows of every batch (all of them on one process); rows past
+    # the end are zero padding, masked out of the sums.
+    rows = eval_step.placement.rows(size)
+    width = rows.stop - rows.start
     sums = []
-    for x, y in jdata.batches(images, labels, size, shuffle=False):
-        b = x.shape[0]
-        mask = np.arange(size) < b
-        if b < size:
-            x = np.concatenate([x, np.zeros((size - b, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros((size - b, *y.shape[1:]), y.dtype)])
-        sums.append(eval_step(state.params, state.model_state, x, y, mask))
+    for lo in range(0, n, size):
+        start, stop = min(lo + rows.start, n), min(lo + rows.stop, n)
+        x, y = images[start:stop], labels[start:stop]
+        b = stop - start
+        if b < width:
+            x = np.concatenate([x, np.zeros((width - b, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros((width - b, *y.shape[1:]), y.dtype)])
+        mask = np.arange(width) < b
+        sums.append(eval_step.call_local(state.params, state.model_state, size, x, y, mask))
     sums = jax.device_get(sums)
     loss = math.fsum(float(s["loss"]) for s in sums)
     correct = sum(int(s["correct"]) for s in sums)
