@@ -134,7 +134,7 @@ def test_digits_split_is_deterministic_per_seed():
         ({"test_fraction": -0.2}, ValueError, "strictly between 0 and 1"),
         ({"test_fraction": 1e-4}, ValueError, "gives 0 test examples out of 1797"),
         ({"test_fraction": "0.2"}, TypeError, "`test_fraction` must be a number"),
-        ({"seed": -1}, ValueError, "`seed` must be an int >= 0, got -1"),
+        ({"seed": -1}, ValueError, "`seed` must be >= 0, got -1"),
     ],
 )
 def test_digits_errors(kwargs, error, match):
@@ -586,12 +586,12 @@ def test_batches_accept_a_split():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"batch_size": 0}, ValueError, r"batches: `batch_size` must be an int >= 1, got 0\."),
-        ({"batch_size": -3}, ValueError, r"`batch_size` must be an int >= 1, got -3"),
+        ({"batch_size": 0}, ValueError, r"batches: `batch_size` must be >= 1, got 0\."),
+        ({"batch_size": -3}, ValueError, r"`batch_size` must be >= 1, got -3"),
         ({"batch_size": 2.0}, TypeError, r"`batch_size` must be an int, got 2\.0 of type float"),
         ({"batch_size": True}, TypeError, r"`batch_size` must be an int"),
-        ({"seed": -1}, ValueError, r"`seed` must be an int >= 0"),
-        ({"epoch": -1}, ValueError, r"`epoch` must be an int >= 0"),
+        ({"seed": -1}, ValueError, r"`seed` must be >= 0"),
+        ({"epoch": -1}, ValueError, r"`epoch` must be >= 0"),
         ({"start_batch": 4}, ValueError, r"`start_batch` must be at most the 3 batches"),
         ({"labels": np.arange(9)}, ValueError, r"same length along axis 0, got shapes \(10, 1\) and \(9,\)"),
     ],
@@ -603,9 +603,9 @@ def test_batches_errors_raised_at_call_time(kwargs, error, match):
 
 
 def test_num_batches_errors():
-    with pytest.raises(ValueError, match=r"num_batches: `batch_size` must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_batches: `batch_size` must be >= 1, got 0"):
         data.num_batches(10, 0)
-    with pytest.raises(ValueError, match=r"num_batches: `n` must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"num_batches: `n` must be >= 0, got -1"):
         data.num_batches(-1, 4)
 
 

@@ -361,7 +361,7 @@ def test_resume_errors(straight_run, digits, tmp_path):
 def test_fit_argument_errors(digits):
     with pytest.raises(ValueError, match=f"at most the {N_TRAIN} training examples"):
         train.fit(MODEL, OPTIMIZER, digits, epochs=1, batch_size=N_TRAIN + 1)
-    with pytest.raises(ValueError, match="`epochs` must be an int >= 0"):
+    with pytest.raises(ValueError, match="`epochs` must be >= 0"):
         train.fit(MODEL, OPTIMIZER, digits, epochs=-1)
     with pytest.raises(
         ValueError, match="`precision` must be one of 'default', 'high', 'highest', got 'fp32'"

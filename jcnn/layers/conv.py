@@ -45,6 +45,15 @@ class ConvTransposeLayerSpec(NamedTuple):
     precision: Any
 
 
+def _kernel_and_bias(key, kernel_shape, out_channels: int, bias: bool, kernel_init, bias_init, param_dtype):
+    """``{"kernel": kernel_init(...), "bias": bias_init(...)}``, no bias when ``bias`` is False."""
+    k_kernel, k_bias = jax.random.split(key)
+    params = {"kernel": create_param(kernel_init, k_kernel, kernel_shape, param_dtype)}
+    if bias:
+        params["bias"] = create_param(bias_init, k_bias, (out_channels,), param_dtype)
+    return params
+
+
 def Conv(
     out_channels: int,
     kernel_size,
@@ -132,10 +141,7 @@ def Conv(
 
     def init(key, input_shape):
         kernel_shape, geo = geometry(input_shape)
-        k_kernel, k_bias = jax.random.split(key)
-        params = {"kernel": create_param(kernel_init, k_kernel, kernel_shape, param_dtype)}
-        if bias:
-            params["bias"] = create_param(bias_init, k_bias, (out_channels,), param_dtype)
+        params = _kernel_and_bias(key, kernel_shape, out_channels, bias, kernel_init, bias_init, param_dtype)
         return geo.out_shape, params, ()
 
     def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
@@ -246,10 +252,7 @@ def ConvTranspose(
 
     def init(key, input_shape):
         kernel_shape, geo = geometry(input_shape)
-        k_kernel, k_bias = jax.random.split(key)
-        params = {"kernel": create_param(kernel_init, k_kernel, kernel_shape, param_dtype)}
-        if bias:
-            params["bias"] = create_param(bias_init, k_bias, (out_channels,), param_dtype)
+        params = _kernel_and_bias(key, kernel_shape, out_channels, bias, kernel_init, bias_init, param_dtype)
         return geo.out_shape, params, ()
 
     def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
