@@ -85,6 +85,7 @@ def test_resnet8_contenders_have_the_same_parameters(bench):
     assert sum(p.numel() for p in bench.torch_model("resnet8", torch).parameters()) == n_jcnn
 
 
+@pytest.mark.slow  # about a minute of subprocesses: run once in CI by `python -m pytest -m slow`
 def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path):
     # --xla-flags with a flag at its default value: the rerun-with-flags path runs, numbers don't move.
     flag = "--xla_cpu_multi_thread_eigen=true"
