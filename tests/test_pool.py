@@ -765,7 +765,7 @@ TIGHT = {"rtol": 1e-14, "atol": 0}  # the same float64 computation, up to fusion
 
 
 @pytest.mark.parametrize("name", list(OPS))
-def test_jit_vmap_and_batch_dims(name):
+def test_jit_vmap_and_batch_dims(name, x64):
     f = OPS[name]
     x = jnp.asarray(distinct((2, 5, 7, 2), seed=2, positive=True))
     y = f(x)
