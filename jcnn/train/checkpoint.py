@@ -175,14 +175,20 @@ class CheckpointStore:
         ocp = _ocp()
         host = jax.device_get(state)
         leaves = jax.tree_util.tree_leaves_with_path(host)
-        # The arrays go to orbax as they are: device arrays (a replicated state on a mesh that
-        # may span processes) are written collectively, each shard once by the process holding
-        # its first replica; the host copies are only checksummed.
-        arrays = {
-            f"{i:04d}": leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
-            for i, leaf in enumerate(jax.tree_util.tree_leaves(state))
-        }
         hashed = [np.asarray(leaf) for _, leaf in leaves]
+        if jax.process_count() == 1:
+            # One process: orbax writes the host copies. (Handing it device arrays on a mesh
+            # needs jax.sharding.set_mesh as a context manager inside orbax 0.12.8, which jax
+            # 0.6.0, the floor, lacks; the host copies work on every supported version.)
+            arrays = {f"{i:04d}": a for i, a in enumerate(hashed)}
+        else:
+            # Several processes: the device arrays (a replicated state on a mesh spanning the
+            # processes) are written collectively, each shard once by the process holding its
+            # first replica; the host copies are only checksummed.
+            arrays = {
+                f"{i:04d}": leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+                for i, leaf in enumerate(jax.tree_util.tree_leaves(state))
+            }
         meta: dict[str, Any] = {
             "format": FORMAT,
             "epoch": int(epoch),
