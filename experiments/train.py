@@ -72,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="folder of the dataset's files (fashion-mnist: default $JCNN_DATA_DIR or "
         "/usr/share/datasets/fashion-mnist; required for mnist and cifar10)",
     )
-    p.add_argument("--model", choices=["lenet", "allconv", "mlp"], default="lenet")
+    from jcnn.models import MODELS  # jcnn.models touches no device: jax.distributed may still start
+
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet", help="a jcnn.models constructor")
     p.add_argument(
         "--epochs", type=_number(int, 0), default=None, help="default per dataset: " + _defaults_help(0)
     )
@@ -121,6 +123,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="matmul/conv precision of the steps (jax.default_matmul_precision); default: what JAX does "
         "(TF32 on recent NVIDIA GPUs, bf16 passes on TPU, full float32 on CPU)",
     )
+    p.add_argument(
+        "--augment",
+        type=_augment_spec,
+        default=None,
+        metavar="SPEC",
+        help="on-device augmentation of every training batch, comma-separated in order: crop[:PAD] "
+        "(zero-pad PAD pixels, default 4, random crop back), flip (random left-right mirror), "
+        "cutout[:SIZE] (zero a random SIZExSIZE square, default 8); e.g. --augment crop:2,flip",
+    )
+    p.add_argument(
+        "--label-smoothing", type=_number(float, 0), default=0.0, metavar="A", help="label smoothing in [0, 1)"
+    )
+    p.add_argument(
+        "--compute-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: mixed precision (bf16 convs and matmuls, float32 params, optimizer state and loss)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     many = p.add_argument_group(
         "several processes (one per host, or several on one machine)",
@@ -144,6 +164,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds without a heartbeat before a process is declared dead and the run stops",
     )
     args = p.parse_args(argv)
+    if args.label_smoothing >= 1:
+        p.error(f"--label-smoothing must be below 1, got {args.label_smoothing}")
     if args.override and not args.resume:
         p.error("--override only applies with --resume")
     multi = (args.coordinator, args.num_processes, args.process_id)
@@ -154,6 +176,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.process_id is not None and args.process_id >= args.num_processes:
         p.error(f"--process-id must be below --num-processes {args.num_processes}, got {args.process_id}")
     return args
+
+
+#: --augment's names: (jcnn.augment function, its option, the option's default).
+AUGMENTS = {"crop": ("random_crop", "padding", 4), "flip": ("random_flip", None, None), "cutout": ("cutout", "size", 8)}
+
+
+def _augment_spec(text: str) -> list:
+    """Parse ``crop:2,flip`` into ``[("crop", 2), ("flip", None)]`` (argparse type)."""
+    parts = []
+    for item in text.split(","):
+        name, _, value = item.strip().partition(":")
+        if name not in AUGMENTS:
+            raise argparse.ArgumentTypeError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTS)}")
+        option = AUGMENTS[name][1]
+        if value and option is None:
+            raise argparse.ArgumentTypeError(f"{name} takes no value, got {item!r}")
+        if value:
+            try:
+                number = int(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name}:{value}: expected an integer") from None
+            if number < (0 if name == "crop" else 1):
+                raise argparse.ArgumentTypeError(f"{name}:{value}: must be >= {0 if name == 'crop' else 1}")
+        parts.append((name, int(value) if value else AUGMENTS[name][2]))
+    return parts
+
+
+def build_augment(spec: list | None):
+    """The `jcnn.augment` pipeline of a parsed ``--augment`` (None without one)."""
+    if not spec:
+        return None
+    import functools
+
+    from jcnn import augment
+
+    fns = []
+    for name, value in spec:
+        fn_name, option, _ = AUGMENTS[name]
+        fn = getattr(augment, fn_name)
+        fns.append(functools.partial(fn, **{option: value}) if option else fn)
+    return fns[0] if len(fns) == 1 else augment.compose(*fns)
 
 
 def join_processes(args) -> None:
@@ -262,6 +325,14 @@ def main(argv=None) -> int:
         f"(cosine), seed {args.seed}, on {len(devices)} {devices[0].platform} device(s){procs}; output in {out}"
     )
 
+    recipe = [
+        f"augment {','.join(n if v is None else f'{n}:{v}' for n, v in args.augment)}" if args.augment else "",
+        f"label smoothing {args.label_smoothing}" if args.label_smoothing else "",
+        "bfloat16 compute (mixed precision)" if args.compute_dtype == "bfloat16" else "",
+    ]
+    if any(recipe):
+        say("recipe: " + "; ".join(r for r in recipe if r))
+
     trained = []  # the epochs this invocation trains (a resume may train none)
 
     def report(row: dict) -> None:
@@ -289,6 +360,9 @@ def main(argv=None) -> int:
             keep=args.keep,
             checkpoint_every=args.checkpoint_every,
             precision=args.precision,
+            augment=build_augment(args.augment),
+            label_smoothing=args.label_smoothing,
+            compute_dtype=args.compute_dtype,
             progress=not args.no_progress,
             on_epoch_end=report,
         )

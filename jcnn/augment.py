@@ -23,7 +23,16 @@ import jax.numpy as jnp
 from jcnn.checks import as_int
 from jcnn.shapes import ShapeError
 
-__all__ = ["Augment", "flip_horizontal", "translate", "random_flip", "random_crop", "cutout", "compose"]
+__all__ = [
+    "Augment",
+    "flip_horizontal",
+    "translate",
+    "random_flip",
+    "random_crop",
+    "cutout",
+    "compose",
+    "describe",
+]
 
 #: ``(key, images) -> images`` on ``(n, h, w, c)``.
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -243,4 +252,26 @@ def compose(*augments: Augment) -> Augment:
             images = fn(k, images)
         return images
 
+    augment.description = f"compose({', '.join(describe(fn) for fn in augments)})"
     return augment
+
+
+def describe(augment: Augment) -> str:
+    """A stable text name of an augmentation, for a run's identity and logs.
+
+    ``functools.partial`` shows its options, `compose` its parts; any other function its
+    qualified name (no memory addresses, so the same pipeline reads the same in every process
+    and every run).
+
+    >>> import functools
+    >>> describe(compose(functools.partial(random_crop, padding=2), random_flip))
+    'compose(random_crop(padding=2), random_flip)'
+    """
+    if isinstance(augment, functools.partial):
+        args = [describe(a) if callable(a) else repr(a) for a in augment.args]
+        args += [f"{k}={v!r}" for k, v in augment.keywords.items()]
+        return f"{describe(augment.func)}({', '.join(args)})"
+    text = getattr(augment, "description", None)
+    if isinstance(text, str):
+        return text
+    return getattr(augment, "__qualname__", None) or type(augment).__qualname__

@@ -41,6 +41,8 @@ __all__ = [
     "lenet",
     "allconv",
     "mlp",
+    "small_vgg",
+    "DOWNSAMPLES",
     "alexnet",
     "vgg",
     "vgg11",
@@ -180,6 +182,85 @@ def allconv(
     k = widths[-1]
     layers += [Conv(k, 3, padding=1), Relu(), Conv(k, 1), Relu(), Conv(num_classes, 1), GlobalAvgPool()]
     return serial(*layers)
+
+#: How `small_vgg` halves the image after each stage.
+DOWNSAMPLES = ("max", "strided", "conv", "none")
+
+
+def small_vgg(
+    num_classes: int = 10,
+    input_shape=(28, 28, 1),
+    *,
+    widths: Sequence[int] = (32, 64, 128),
+    downsample: str = "max",
+    batch_norm: bool = True,
+    hidden: int = 256,
+    drop_rate: float = 0.3,
+) -> Layer:
+    """A VGG-style net for small images (Fashion-MNIST, CIFAR) that a CPU trains in minutes.
+
+    Per width ``k`` a stage of two ``Conv(k, 3, padding=1) → [BatchNorm] → Relu``, then the
+    stage halves the image (rounding up) as ``downsample`` says: ``"max"`` a ``MaxPool(2,
+    ceil_mode=True)`` after the stage; ``"strided"`` the stage's second conv takes stride 2,
+    no pooling (Springenberg et al. 2015's "Strided-CNN"); ``"conv"`` an extra ``Conv(k, 3,
+    strides=2, padding=1) → [BatchNorm] → Relu`` in the pool's place (their "All-CNN": a
+    learned pooling); ``"none"`` neither (the image keeps its size; the head gets
+    ``4**stages`` times as many features). Then ``Flatten → Dense(hidden) → Relu →
+    [Dropout] → Dense(num_classes)``. ``"max"``, ``"strided"`` and ``"none"`` have the same
+    convolutions, so they isolate what the downsampling does (``experiments/claims_at_scale.py``); ``"max"`` with the defaults is the zoo's
+    Fashion-MNIST record model (94 % in ``experiments/RESULTS.md``).
+
+    Args:
+        num_classes: number of logits.
+        input_shape: one image ``(h, w, c)``.
+        widths: channels of each stage.
+        downsample: one of `DOWNSAMPLES`.
+        batch_norm: a BatchNorm after every conv (the convs then have no bias).
+        hidden: width of the hidden dense layer.
+        drop_rate: dropout probability before the last dense layer (0 = none).
+
+    Returns:
+        A per-example `Layer`: ``(h, w, c) → (num_classes,)``.
+
+    Raises:
+        ValueError: for empty or non-positive ``widths``, another ``downsample``, or bad
+            ``num_classes`` / ``hidden`` / ``drop_rate``.
+
+    >>> from jcnn.summary import summary
+    >>> table = summary(small_vgg(10, (28, 28, 1)), (28, 28, 1))
+    >>> table.rows[-1]["output_shape"], table.totals["params"]
+    ((10,), 813994)
+    >>> [summary(small_vgg(10, (28, 28, 1), downsample=d), (28, 28, 1)).rows[-6]["output_shape"]
+    ...  for d in DOWNSAMPLES]
+    [(4, 4, 128), (4, 4, 128), (4, 4, 128), (28, 28, 128)]
+    """
+    where = "small_vgg"
+    num_classes, _ = _check(where, num_classes, input_shape)
+    drop_rate = _check_rate(where, drop_rate)
+    widths = tuple(widths)
+    if not widths or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in widths):
+        raise ValueError(f"{where}: `widths` must be a non-empty sequence of positive ints, got {widths!r}.")
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"{where}: `downsample` must be one of {DOWNSAMPLES}, got {downsample!r}.")
+    if not isinstance(batch_norm, bool):
+        raise TypeError(f"{where}: `batch_norm` must be True or False, got {batch_norm!r}.")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"{where}: `hidden` must be a positive int, got {hidden!r}.")
+
+    def conv(k: int, strides: int = 1) -> list[Layer]:
+        if batch_norm:
+            return [*_conv_bn(k, 3, strides), Relu()]
+        return [Conv(k, 3, strides=strides, padding=1), Relu()]
+
+    layers = []
+    for k in widths:
+        layers += conv(k) + conv(k, 2 if downsample == "strided" else 1)
+        if downsample == "max":
+            layers.append(MaxPool(2, ceil_mode=True))
+        elif downsample == "conv":
+            layers += conv(k, 2)
+    drop = [Dropout(drop_rate)] if drop_rate else []
+    return serial(*layers, Flatten(), Dense(hidden), Relu(), *drop, Dense(num_classes))
 
 
 def mlp(num_classes: int = 10, input_shape=(28, 28, 1), *, hidden: int | Sequence[int] = 256) -> Layer:
@@ -713,6 +794,7 @@ MODELS = {
     "lenet": lenet,
     "allconv": allconv,
     "mlp": mlp,
+    "small_vgg": small_vgg,
     "alexnet": alexnet,
     "vgg11": vgg11,
     "vgg13": vgg13,

@@ -11,7 +11,7 @@ from jcnn.layers import batched
 from jcnn.summary import summary
 
 IMAGE_SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
-SMALL_MODELS = ["lenet", "allconv", "mlp"]  # fit every dataset's images, down to the 8x8 digits
+SMALL_MODELS = ["lenet", "allconv", "mlp", "small_vgg"]  # fit every dataset's images, down to the 8x8 digits
 
 
 def abstract_init(model, input_shape):
@@ -198,9 +198,33 @@ def test_relu6():
     assert y.tolist() == [[0.0, 0.5], [6.0, 6.0]] and state == ()
 
 
+def test_small_vgg_downsampling_variants_share_their_convolutions():
+    tables = {}
+    for d in models.DOWNSAMPLES:
+        tables[d] = summary(models.small_vgg(10, (28, 28, 1), widths=(8, 16), downsample=d), (28, 28, 1))
+    convs = {d: [r["params"] for r in t.rows if r["layer"].startswith(("Conv", "BatchNorm"))] for d, t in tables.items()}
+    assert convs["max"] == convs["strided"] == convs["none"] and len(convs["max"]) == 8
+    assert len(convs["conv"]) == 12 and convs["conv"][:4] == convs["max"][:4]
+    flat = {d: next(r["output_shape"] for r in t.rows if r["layer"] == "Flatten()") for d, t in tables.items()}
+    assert flat == {"max": (7 * 7 * 16,), "strided": (7 * 7 * 16,), "conv": (7 * 7 * 16,), "none": (28 * 28 * 16,)}
+    kinds = {d: {r["layer"].split("(")[0] for r in t.rows} for d, t in tables.items()}
+    assert "MaxPool" in kinds["max"] and "MaxPool" not in kinds["strided"] | kinds["conv"] | kinds["none"]
+    strides = [r["layer"] for r in tables["strided"].rows if "strides=2" in r["layer"]]
+    assert len(strides) == 2  # the second conv of each stage
+    # Odd sizes round up in both downsampling variants (7 -> 4), so their heads match.
+    odd = {d: summary(models.small_vgg(10, (7, 7, 1), widths=(4,), downsample=d), (7, 7, 1)).totals["params"]
+           for d in ("max", "strided")}  # fmt: skip
+    assert len(set(odd.values())) == 1
+    assert "BatchNorm" not in repr(models.small_vgg(batch_norm=False, drop_rate=0.0))
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
+        (lambda: models.small_vgg(downsample="avg"), ValueError, r"`downsample` must be one of \('max', 'strided', 'conv', 'none'\)"),
+        (lambda: models.small_vgg(widths=(8, 0)), ValueError, r"`widths` must be a non-empty sequence"),
+        (lambda: models.small_vgg(hidden=0), ValueError, r"`hidden` must be a positive int, got 0"),
+        (lambda: models.small_vgg(batch_norm="yes"), TypeError, r"`batch_norm` must be True or False"),
         (lambda: models.alexnet(10, (62, 62, 3)), ValueError, r"alexnet: .* at least 63x63, got 62x62"),
         (lambda: models.vgg16(10, (28, 28, 1)), ValueError, r"vgg: .* at least 32x32, got 28x28"),
         (lambda: models.vgg(12), ValueError, r"vgg: `depth` must be one of 11, 13, 16, 19, got 12"),

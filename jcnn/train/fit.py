@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jcnn import augment as jaugment
 from jcnn import data as jdata
 from jcnn.checks import as_bool, as_int
 from jcnn.layers import Layer
@@ -24,7 +25,15 @@ from jcnn.train.identity import data_fingerprint, run_identity
 from jcnn.train.metrics import CSV_FIELDS
 from jcnn.train.output import NoOutput, RunOutput
 from jcnn.train.state import TrainState, init_state_and_classes
-from jcnn.train.steps import EvalStep, TrainStep, check_precision, evaluate, make_eval_step, make_train_step
+from jcnn.train.steps import (
+    EvalStep,
+    TrainStep,
+    check_precision,
+    check_recipe,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+)
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit"]
 
@@ -97,6 +106,9 @@ def fit(
     eval_batch_size: int = 512,
     devices: Sequence[jax.Device] | None = None,
     checkpoint_every: int | None = None,
+    augment=None,
+    label_smoothing: float = 0.0,
+    compute_dtype=None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> FitResult:
@@ -150,6 +162,13 @@ def fit(
         checkpoint_every: also checkpoint every this many updates within an epoch (into
             ``checkpoints-mid/<step>``, the position in the epoch included), so that a resume
             continues mid-epoch, bit for bit; None: at the ends of epochs only.
+        augment: None or a ``(key, images) -> images`` augmentation (`jcnn.augment`), run on
+            each training batch inside the jitted step, keyed from the step's key (a resume
+            repeats the same augmentations); the test set is never augmented.
+        label_smoothing: in ``[0, 1)``: train on smoothed targets (the train loss reported
+            is the smoothed one; the test loss is the plain cross-entropy).
+        compute_dtype: None or ``"float32"``, or ``"bfloat16"`` for mixed precision: bfloat16
+            convolutions and matmuls, float32 params, optimizer state and loss (train and test).
         progress: show a tqdm progress bar per epoch (loss, accuracy, images/s).
         on_epoch_end: called with each new history row.
 
@@ -176,7 +195,7 @@ def fit(
     run = _prepare(
         model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, hparams=hparams,
         precision=precision, eval_batch_size=eval_batch_size, devices=devices,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, recipe=(augment, label_smoothing, compute_dtype),
     )  # fmt: skip
     resume = as_bool(resume, "fit", "resume")
     primary = jax.process_index() == 0  # with several processes, only process 0 shows a bar
@@ -200,7 +219,7 @@ def fit(
 
 def _prepare(
     model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices,
-    checkpoint_every,
+    checkpoint_every, recipe,
 ) -> _Run:  # fmt: skip
     """Check every argument and the data, build the steps, the initial state and the run's identity."""
     where = "fit"
@@ -211,6 +230,7 @@ def _prepare(
     if checkpoint_every is not None:
         checkpoint_every = as_int(checkpoint_every, where, "checkpoint_every", minimum=1)
     precision = check_precision(precision, where)
+    augment, label_smoothing, compute_dtype = check_recipe(*recipe, where)
     images, labels = dataset.train
     images, labels = jdata.rows_of(images), np.asarray(labels)  # a lazy source stays unread
     if images.ndim < 2:
@@ -226,13 +246,25 @@ def _prepare(
         raise ValueError(
             f"{where}: `batch_size` must be at most the {len(labels)} training examples, got {batch_size}."
         )
-    train_step = make_train_step(model, optimizer, devices=devices, precision=precision)
+    train_step = make_train_step(
+        model, optimizer, devices=devices, precision=precision, augment=augment,
+        label_smoothing=label_smoothing, compute_dtype=compute_dtype,
+    )  # fmt: skip
     train_step.check_batch(batch_size, where)
-    eval_step = make_eval_step(model, devices=devices, precision=precision) if test is not None else None
+    eval_step = (
+        make_eval_step(model, devices=devices, precision=precision, compute_dtype=compute_dtype)
+        if test is not None
+        else None
+    )
     identity = run_identity(
         model, state.opt_state, input_shape=images.shape[1:], dataset_name=getattr(dataset, "name", None),
         data_sha256=data_fingerprint(*train, *(test or ())), batch_size=batch_size, seed=seed,
         epochs=epochs, precision=precision, hparams=hparams, where=where,
+        recipe={
+            "augment": None if augment is None else jaugment.describe(augment),
+            "label_smoothing": label_smoothing or None,
+            "compute_dtype": compute_dtype,
+        },
     )  # fmt: skip
     return _Run(
         train, test, batch_size, seed, epochs, len(labels) // batch_size, eval_batch_size,

@@ -36,6 +36,9 @@ BUILTIN_FIELDS = (
     "seed",
     "epochs",
     "precision",
+    "augment",
+    "label_smoothing",
+    "compute_dtype",
 )
 
 
@@ -108,6 +111,7 @@ def run_identity(
     precision: str | None,
     hparams: Mapping | None = None,
     where: str = "fit",
+    recipe: Mapping | None = None,
 ) -> dict:
     """The flat, JSON-able identity of a run (see the module docstring).
 
@@ -130,8 +134,12 @@ def run_identity(
         "epochs": int(epochs),
         "precision": precision,
     }
+    # The training recipe (augment, label_smoothing, compute_dtype) is recorded only where it
+    # differs from the default (None): a checkpoint of a run without one still resumes, and a
+    # resume that adds one differs from it (None vs the value).
+    identity.update({k: v for k, v in (recipe or {}).items() if v is not None})
     for name, value in (hparams or {}).items():
-        if not isinstance(name, str) or name in identity:
+        if not isinstance(name, str) or name in identity or name in BUILTIN_FIELDS:
             raise ValueError(
                 f"{where}: `hparams` keys must be strings other than the built-in fields "
                 f"{', '.join(BUILTIN_FIELDS)}, got {name!r}."

@@ -15,6 +15,17 @@ Devices and data parallelism:
     ``jax.make_array_from_process_local_data``; tests/test_distributed.py runs 2 processes). To try the multi-device path on a CPU, set
     ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before jax is imported.
 
+Training recipe (issue 13):
+    ``augment`` is a ``(key, images) -> images`` function (`jcnn.augment`) run on the batch
+    inside the jitted step, keyed by a key split from the step's key: on-device, and a resumed
+    run repeats the augmentations of an uninterrupted one. ``label_smoothing=a`` trains on
+    targets ``(1 - a) * one_hot + a / num_classes`` (the reported train loss is that smoothed
+    loss; evaluation reports the plain cross-entropy). ``compute_dtype="bfloat16"`` is mixed
+    precision: params, optimizer state, BatchNorm statistics and the loss stay float32; the step
+    casts params and images to bfloat16, so convolutions and matmuls run in bfloat16 (their
+    gradients come back float32 through the casts). Float16 is refused: without loss scaling
+    its gradients underflow.
+
 Precision:
     ``precision=None`` leaves matmul and conv precision to JAX (on recent NVIDIA GPUs float32
     matmuls then run in TF32, on TPUs in bfloat16 passes); ``"high"`` or ``"highest"`` traces
@@ -50,7 +61,11 @@ __all__ = [
     "make_eval_step",
     "evaluate",
     "check_precision",
+    "COMPUTE_DTYPES",
 ]
+
+#: The values ``compute_dtype=`` takes besides None (float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 #: The values ``precision=`` takes besides None (JAX's own default).
 PRECISIONS = ("default", "high", "highest")
@@ -59,6 +74,47 @@ PRECISIONS = ("default", "high", "highest")
 def check_precision(precision, where: str) -> str | None:
     """``None`` or one of `PRECISIONS`."""
     return None if precision is None else one_of(precision, PRECISIONS, where, "precision")
+
+
+def check_recipe(augment, label_smoothing, compute_dtype, where: str):
+    """The checked ``(augment, label_smoothing, compute_dtype)`` of a step (module docstring).
+
+    ``compute_dtype`` comes back as None for float32 (nothing to cast).
+    """
+    if augment is not None and not callable(augment):
+        raise TypeError(
+            f"{where}: `augment` must be None or a function (key, images) -> images (see jcnn.augment), "
+            f"got {augment!r}."
+        )
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)):
+        raise TypeError(f"{where}: `label_smoothing` must be a number in [0, 1), got {label_smoothing!r}.")
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"{where}: `label_smoothing` must be in [0, 1), got {label_smoothing}.")
+    if compute_dtype is not None:
+        name = jnp.dtype(compute_dtype).name if not isinstance(compute_dtype, str) else compute_dtype
+        if name == "float16":
+            raise ValueError(
+                f"{where}: `compute_dtype` float16 is not supported: without loss scaling its "
+                f"gradients underflow; use 'bfloat16' (same range as float32)."
+            )
+        compute_dtype = one_of(name, COMPUTE_DTYPES, where, "compute_dtype")
+        compute_dtype = None if compute_dtype == "float32" else compute_dtype
+    return augment, label_smoothing, compute_dtype
+
+
+def _cast(tree, dtype):
+    """Float leaves of ``tree`` as ``dtype`` (None: unchanged); other leaves as they are."""
+    if dtype is None:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
+def _like(tree, reference):
+    """``tree``'s leaves cast back to the dtypes of ``reference``'s (BatchNorm statistics)."""
+    return jax.tree_util.tree_map(lambda a, r: a.astype(r.dtype), tree, reference)
 
 
 def _precision_scope(precision: str | None):
@@ -230,6 +286,9 @@ def make_train_step(
     devices: Sequence[jax.Device] | None = None,
     donate: bool = True,
     precision: str | None = None,
+    augment=None,
+    label_smoothing: float = 0.0,
+    compute_dtype=None,
 ) -> TrainStep:
     """Build the jitted train step: forward, softmax cross-entropy, gradients, optax update.
 
@@ -247,6 +306,11 @@ def make_train_step(
         donate: donate the incoming state's buffers to the step (``donate_argnums=0``).
         precision: None (JAX's default) or one of ``"default"``, ``"high"``, ``"highest"``: the
             step is traced under ``jax.default_matmul_precision(precision)``.
+        augment: None or a ``(key, images) -> images`` augmentation (`jcnn.augment`), run on
+            the batch inside the step with a key split from the step's key.
+        label_smoothing: in ``[0, 1)``; 0 trains on the integer labels as they are.
+        compute_dtype: None or ``"float32"`` (everything float32), or ``"bfloat16"``: mixed
+            precision (module docstring).
 
     Returns:
         A `TrainStep` ``step(state, x (n, h, w, c) float32, y (n,) int32) -> (state, metrics)``.
@@ -271,10 +335,15 @@ def make_train_step(
     check_model(model, where)
     check_optimizer(optimizer, where)
     precision = check_precision(precision, where)
-    return _cached(_build_train_step, model, optimizer, _device_tuple(devices), bool(donate), precision)
+    recipe = check_recipe(augment, label_smoothing, compute_dtype, where)
+    return _cached(
+        _build_train_step, model, optimizer, _device_tuple(devices), bool(donate), precision, *recipe
+    )
 
 
-def _build_train_step(model, optimizer, devices, donate, precision) -> TrainStep:
+def _build_train_step(
+    model, optimizer, devices, donate, precision, augment, label_smoothing, compute_dtype
+) -> TrainStep:
     apply = batched(model).apply
     placement = Placement(devices)
 
@@ -284,11 +353,20 @@ def _build_train_step(model, optimizer, devices, donate, precision) -> TrainStep
 
     def _train_step(state: TrainState, x: jax.Array, y: jax.Array):
         key = jax.random.fold_in(state.key, state.step)
+        if augment is not None:  # without it the model's key stays what it always was
+            key, augment_key = jax.random.split(key)
+            x = augment(augment_key, x)
+        x = _cast(x, compute_dtype)
 
         def loss_fn(params):
-            logits, model_state = apply(params, state.model_state, x, key=key, train=True)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            return _float32_mean(loss), (logits, model_state)
+            logits, model_state = apply(_cast(params, compute_dtype), state.model_state, x, key=key, train=True)
+            logits = logits.astype(jnp.float32)
+            if label_smoothing:
+                targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+                loss = optax.softmax_cross_entropy(logits, targets)
+            else:
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return _float32_mean(loss), (logits, _like(model_state, state.model_state))
 
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -345,14 +423,19 @@ class EvalStep:
 
 
 def make_eval_step(
-    model: Layer, *, devices: Sequence[jax.Device] | None = None, precision: str | None = None
+    model: Layer,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    precision: str | None = None,
+    compute_dtype=None,
 ) -> EvalStep:
     """Build the jitted evaluation step: forward with ``train=False``, masked sums of loss and hits.
 
     Args:
         model: a per-example `jcnn.layers.Layer` producing logits ``(num_classes,)``.
         devices: devices of the ``"data"`` mesh; default all of ``jax.devices()``.
-        precision: as for `make_train_step`.
+        precision, compute_dtype: as for `make_train_step` (the forward pass runs in
+            ``compute_dtype``; the loss is computed in float32).
 
     Returns:
         An `EvalStep`; `evaluate` drives it over a whole dataset. As with `make_train_step`, the
@@ -360,16 +443,19 @@ def make_eval_step(
     """
     check_model(model, "make_eval_step")
     precision = check_precision(precision, "make_eval_step")
-    return _cached(_build_eval_step, model, _device_tuple(devices), precision)
+    _, _, compute_dtype = check_recipe(None, 0.0, compute_dtype, "make_eval_step")
+    return _cached(_build_eval_step, model, _device_tuple(devices), precision, compute_dtype)
 
 
-def _build_eval_step(model, devices, precision) -> EvalStep:
+def _build_eval_step(model, devices, precision, compute_dtype) -> EvalStep:
     apply = batched(model).apply
     placement = Placement(devices)
 
     def eval_step(params, model_state, x, y, mask):
         with _precision_scope(precision):
+            params, x = _cast((params, x), compute_dtype)
             logits, _ = apply(params, model_state, x, key=None, train=False)
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         hit = jnp.argmax(logits, axis=-1) == y
         return {
