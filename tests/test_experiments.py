@@ -120,6 +120,28 @@ def test_pool_vs_strided(tmp_path):
     assert_pngs(tmp_path, "pool_vs_strided")
 
 
+def test_claims_at_scale(tmp_path):
+    stdout, result = run_quick("claims_at_scale", tmp_path)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"max", "strided", "conv", "none"}
+    for r in rows.values():
+        assert len(r["runs"]) == 2 and r["test_accuracy"]["mean"] > 0.2, r  # learning, 2 epochs on digits
+        assert set(r["robust"]) == {"clean", "noise:0.2", "shift:1", "shift:2"}
+    # The variants share their convolutions except the extra strided conv, and "none" keeps the
+    # full-size maps for the head.
+    assert rows["max"]["params"] == rows["strided"]["params"] < rows["conv"]["params"] < rows["none"]["params"]
+    tests = result["tests"]
+    assert set(tests) == {"strided", "conv", "none"}
+    assert all(0.0 <= t["p"] <= 1.0 for v in tests.values() for t in v.values())
+    assert set(result["verdicts"]) == {"claim_11", "claim_12"}
+    layers = result["features"]["layers"]
+    assert [layer["rf_size"] for layer in layers] == sorted(layer["rf_size"] for layer in layers)
+    assert len(layers) == 4 and layers[0]["rf_size"] == 3
+    assert all(-1.0 <= x <= 1.0 for layer in layers for x in layer["selectivity"])
+    assert "claim 3" in stdout
+    assert_pngs(tmp_path, "claims_pooling", "claims_features")
+
+
 def test_visualize(tmp_path):
     _, result = run_quick("visualize", tmp_path)
     hand = result["hand"]
