@@ -400,6 +400,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(state.params))
 
 
+def test_non_finite_loss_after_a_mid_epoch_checkpoint_names_its_step(digits, tmp_path):
+    # checkpoint_every=7: the newest good checkpoint before update 24's NaN loss is step 21, in epoch 2.
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.fit(MODEL, nan_from_update(22), digits, epochs=3, batch_size=BATCH, out_dir=tmp_path,
+                  progress=False, checkpoint_every=7)  # fmt: skip
+    assert info.value.checkpoint == os.path.join(tmp_path, "checkpoints-mid", "21")
+    assert "(at step 21, within epoch 2), is unchanged" in str(info.value)
+
+
 def test_non_finite_params_at_epoch_end_write_nothing(digits, tmp_path):
     # The last update of epoch 1 makes the params NaN: every loss of the epoch was finite, but
     # the checkpoint must not be written.

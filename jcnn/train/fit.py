@@ -413,8 +413,8 @@ def _process_batches(run: _Run, epoch: int, start_batch: int = 0):
 
 def _raise_non_finite(loss, step, epoch, batch, nb, last_good, what="the training loss"):
     if last_good is not None:
-        path, done = last_good
-        kept = f"the last good checkpoint, {path} (after epoch {done}), is unchanged"
+        path, when = last_good
+        kept = f"the last good checkpoint, {path} ({when}), is unchanged"
     else:
         kept = "no checkpoint of this run was written"
     value = (

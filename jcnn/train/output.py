@@ -70,7 +70,9 @@ class RunOutput:
         where: the public function to name in messages.
 
     Attributes:
-        last_good: ``(path, epoch)`` of the newest checkpoint this run stands on, or None.
+        last_good: ``(path, when)`` of the newest checkpoint this run stands on, or None;
+            ``when`` says where in the run it was taken, e.g. ``"after epoch 3"`` or ``"at step
+            35, within epoch 2"``.
         position: after `start`, the ``position`` of a mid-epoch checkpoint resumed from (the
             batch to continue at, see `jcnn.train.Checkpoint`), or None.
     """
@@ -174,7 +176,7 @@ class RunOutput:
         self.overrides = list(ckpt.overrides) + [
             {"epoch": ckpt.epoch, "field": k, "old": old, "new": new} for k, (old, new) in changed.items()
         ]
-        self.last_good = (path, ckpt.epoch)
+        self.last_good = (path, _when(ckpt.epoch, self.position))
         return ckpt.state, list(ckpt.history)
 
     def commit(self, state: TrainState, history: list, extra: dict) -> None:
@@ -190,7 +192,7 @@ class RunOutput:
             epoch, state, history=history, identity=self.identity, overrides=self.overrides, wait=False
         )
         self._pending = (list(history), dict(extra))
-        self.last_good = (self._store.path(epoch), epoch)
+        self.last_good = (self._store.path(epoch), _when(epoch, None))
 
     def commit_mid(self, state: TrainState, history: list, position: dict) -> None:
         """Checkpoint ``state`` within epoch ``len(history)`` at ``position`` (see `Checkpoint`).
@@ -205,7 +207,7 @@ class RunOutput:
             len(history), state, history=history, identity=self.identity, overrides=self.overrides,
             position=position, wait=False,
         )  # fmt: skip
-        self.last_good = (self._mid.path(position["step"]), len(history))
+        self.last_good = (self._mid.path(position["step"]), _when(len(history), position))
 
     def _wait(self) -> None:
         """Wait for the saves in flight; the metric files follow a committed epoch checkpoint."""
@@ -223,3 +225,10 @@ class RunOutput:
         if self.primary:
             fields = {k: self.identity[k] for k in ("seed", "batch_size", "epochs")}
             write_metrics(self.out_dir, history, {**extra, **fields, "overrides": self.overrides})
+
+
+def _when(epochs_done: int, position: dict | None) -> str:
+    """Where in the run a checkpoint was taken, in words (for `RunOutput.last_good`)."""
+    if position is None:
+        return f"after epoch {epochs_done}"
+    return f"at step {int(position['step'])}, within epoch {epochs_done + 1}"
