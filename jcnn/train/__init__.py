@@ -3,7 +3,8 @@
 * `jcnn.train.state`: `TrainState` (params, model state, optimizer state, step, key) and
   `init_state`.
 * `jcnn.train.steps`: the jitted train and eval steps (`make_train_step`, `make_eval_step`),
-  their placement on a ``"data"`` device mesh, `evaluate`, the ``precision=`` policy.
+  their placement on a ``"data"`` device mesh, `evaluate`, the ``precision=`` policy, and the
+  training recipe (``augment=``, ``label_smoothing=``, ``compute_dtype="bfloat16"``).
 * `jcnn.train.checkpoint`: checkpoints through orbax-checkpoint, with checksums of every array
   and of the metadata, verified on load (`save_checkpoint`, `load_checkpoint`).
 * `jcnn.train.identity`: the run's identity stored with each checkpoint, and the resume check.
