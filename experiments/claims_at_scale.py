@@ -22,6 +22,7 @@ seeds and a significance test (issue 13).
 
     python experiments/claims_at_scale.py           # Fashion-MNIST, 10k train images, 6 epochs, 5 seeds (~35 min)
     python experiments/claims_at_scale.py --quick   # digits, 2 seeds, 2 epochs
+    python experiments/claims_at_scale.py --part features --record runs/fmnist-record   # claim 3 alone
 
 Writes ``claims_at_scale.json``, ``claims_pooling.png`` and ``claims_features.png`` into
 ``--out`` (default ``runs/claims_at_scale``); ``--figures DIR`` also copies the PNGs there.
@@ -66,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--record", default=os.path.join("runs", "fashion-mnist-small_vgg"),
         help="a train.py run folder of small_vgg to analyse for claim 3 (else the first max net here)",
+    )  # fmt: skip
+    p.add_argument(
+        "--part", choices=("all", "pooling", "features"), default="all",
+        help="pooling: claims 11-12 only (claims_pooling.json); features: claim 3 only, on --record (claims_features.json)",
     )  # fmt: skip
     p.add_argument("--out", default=os.path.join("runs", NAME), help="folder for the JSON and PNGs")
     p.add_argument("--figures", default=None, help="also copy the PNGs here (RESULTS.md: experiments/figures)")
@@ -427,20 +432,9 @@ def plot_features(path, result, title) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
-    if args.quick:
-        args.widths, args.seeds, args.noise, args.shifts = (4, 8), 2, (0.2,), (1, 2)
-    epochs = args.epochs or (2 if args.quick else 6)
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    ds = load(args)
+def run_pooling(args, ds, epochs: int, seeds: list) -> tuple[dict, dict, str]:
+    """Claims 11 and 12: train, test, print; returns the JSON part, the first max net and the PNG."""
     n_train = len(ds.train.labels)
-    print(f"{ds.name}: {n_train} train / {len(ds.test.labels)} test images; small_vgg widths {tuple(args.widths)},"
-          f" {epochs} epochs x {n_train // args.batch_size} steps of {args.batch_size}, adam lr {args.lr} cosine,"
-          f" no augmentation or dropout; seeds {seeds}", flush=True)  # fmt: skip
-
     print("claims 11 and 12: how a stage downsamples")
     rows, first_max = pooling_runs(args, ds, epochs, seeds)
     tests = compare(rows)
@@ -455,9 +449,22 @@ def main(argv=None) -> int:
         print(f"{variant} vs max (Welch): " + ", ".join(f"{k} {v['difference']:+.4f} (p {v['p']:.3g})" for k, v in t.items()))
     for claim, v in words.items():
         print(f"{claim}: {v}")
+    png = os.path.join(args.out, "claims_pooling.png")
+    plot_pooling(png, rows, args.noise, args.shifts,
+                 f"Claims 11-12: small_vgg{tuple(args.widths)} on {ds.name} ({n_train} train images, {epochs} epochs,"
+                 f" {len(seeds)} seeds), by how each stage downsamples")  # fmt: skip
+    part = {"train_size": n_train, "epochs": epochs, "seeds": seeds, "widths": list(args.widths), "rows": rows,
+            "tests": tests, "verdicts": words}  # fmt: skip
+    return part, first_max, png
 
+
+def run_features(args, ds, first_max) -> tuple[dict, str]:
+    """Claim 3 on the record net (or ``first_max``); returns the JSON part and the PNG."""
     print("\nclaim 3: what the layers of a trained net respond to")
     record = None if args.quick else load_record(args.record, ds)
+    if record is None and first_max is None:
+        sys.exit(f"claims_at_scale.py: --part features needs --record, a train.py run folder of small_vgg on "
+                 f"{ds.name} (got {args.record!r}, which holds none)")  # fmt: skip
     features = features_part(record or first_max, ds, n_images=2000)
     print(f"net: {features['source']}")
     for layer in features["layers"]:
@@ -467,30 +474,46 @@ def main(argv=None) -> int:
     first, last = features["layers"][0], features["layers"][-1]
     print(f"  top-8 images of the 6 most selective channels sharing one class: first conv "
           f"{first['top8_same_class']}, last conv {last['top8_same_class']}")
-    elapsed = time.perf_counter() - t_start
-
-    png_pool = os.path.join(args.out, "claims_pooling.png")
-    png_feat = os.path.join(args.out, "claims_features.png")
-    plot_pooling(png_pool, rows, args.noise, args.shifts,
-                 f"Claims 11-12: small_vgg{tuple(args.widths)} on {ds.name} ({n_train} train images, {epochs} epochs,"
-                 f" {len(seeds)} seeds), by how each stage downsamples")  # fmt: skip
-    plot_features(png_feat, features, f"Claim 3: {features['source']}")
+    png = os.path.join(args.out, "claims_features.png")
+    plot_features(png, features, f"Claim 3: {features['source']}")
     for layer in features["layers"]:
         for k in [k for k in layer if k.startswith("_")]:
             del layer[k]
-    result = {
-        "dataset": ds.name, "train_size": n_train, "test_size": len(ds.test.labels), "epochs": epochs,
-        "seeds": seeds, "widths": list(args.widths), "rows": rows, "tests": tests, "verdicts": words,
-        "features": features, "elapsed_s": elapsed, "args": vars(args), "jax": jax.__version__,
-    }  # fmt: skip
-    path = os.path.join(args.out, f"{NAME}.json")
+    return features, png
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    if args.quick:
+        args.widths, args.seeds, args.noise, args.shifts = (4, 8), 2, (0.2,), (1, 2)
+    epochs = args.epochs or (2 if args.quick else 6)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    ds = load(args)
+    result = {"dataset": ds.name, "test_size": len(ds.test.labels)}
+    pngs, first_max = [], None
+    if args.part in ("all", "pooling"):
+        print(f"{ds.name}: {len(ds.train.labels)} train / {len(ds.test.labels)} test images; small_vgg widths"
+              f" {tuple(args.widths)}, {epochs} epochs x {len(ds.train.labels) // args.batch_size} steps of"
+              f" {args.batch_size}, adam lr {args.lr} cosine, no augmentation or dropout; seeds {seeds}", flush=True)  # fmt: skip
+        part, first_max, png = run_pooling(args, ds, epochs, seeds)
+        result.update(part)
+        pngs.append(png)
+    if args.part in ("all", "features"):
+        result["features"], png = run_features(args, ds, first_max)
+        pngs.append(png)
+    elapsed = time.perf_counter() - t_start
+    result.update({"elapsed_s": elapsed, "args": vars(args), "jax": jax.__version__})
+    name = NAME if args.part == "all" else f"claims_{args.part}"
+    path = os.path.join(args.out, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
-        for png in (png_pool, png_feat):
+        for png in pngs:
             shutil.copy(png, args.figures)
-    print(f"wrote {path}, {png_pool} and {png_feat} ({elapsed:.0f}s)")
+    print(f"wrote {path} and {' and '.join(pngs)} ({elapsed:.0f}s)")
     return 0
 
 

@@ -536,6 +536,15 @@ SHARDED_SCRIPT = textwrap.dedent(
         for a, b in zip(jax.tree_util.tree_leaves(s4), jax.tree_util.tree_leaves(s1))
         if np.issubdtype(np.asarray(a).dtype, np.floating)
     )
+    # On-device augmentation draws the same per-image choices however the batch is split.
+    import functools
+    from jcnn import augment
+    aug = augment.compose(functools.partial(augment.random_crop, padding=1), augment.random_flip)
+    a4 = train.make_train_step(model, opt, augment=aug, donate=False)
+    a1 = train.make_train_step(model, opt, augment=aug, donate=False, devices=jax.devices()[:1])
+    _, ma4 = a4(s4, x, y)
+    _, ma1 = a1(s1, x, y)
+    out["aug_loss4"], out["aug_loss1"] = float(ma4["loss"]), float(ma1["loss"])
     try:
         step4(s4, x[:30], y[:30])
     except ValueError as e:
@@ -571,6 +580,7 @@ def test_four_device_data_parallelism():
     assert out["state_replicated"] and out["state_devices"] == [4]
     np.testing.assert_allclose(out["loss4"], out["loss1"], rtol=1e-5)
     assert out["max_param_diff"] < 1e-5
+    np.testing.assert_allclose(out["aug_loss4"], out["aug_loss1"], rtol=1e-5)
     assert "30 examples does not split evenly over 4 devices" in out["indivisible"]
     assert out["fit_test_count_ok"] and np.isfinite(out["fit_loss"]) and out["checkpoint_matches"]
 
