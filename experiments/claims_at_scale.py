@@ -242,8 +242,13 @@ def load_record(path: str, ds):
     """The params and state of a ``train.py --model small_vgg`` run folder, or None."""
     if not os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR)):
         return None
-    with open(os.path.join(path, "metrics.json")) as f:
-        identity = json.load(f).get("identity", {})
+    from jcnn.train.checkpoint import CheckpointStore
+
+    store = CheckpointStore(os.path.join(path, train.CHECKPOINT_DIR), create=False)
+    try:
+        identity = store.read_meta()["identity"]  # the newest checkpoint's run identity
+    finally:
+        store.close()
     if identity.get("input_shape") != list(ds.image_shape):
         return None
     model = small_vgg(ds.num_classes, ds.image_shape)
