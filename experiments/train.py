@@ -141,6 +141,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="float32",
         help="bfloat16: mixed precision (bf16 convs and matmuls, float32 params, optimizer state and loss)",
     )
+    p.add_argument(
+        "--tta",
+        choices=["flip"],
+        default=None,
+        help="also report the final test accuracy with test-time augmentation: flip = the mean of the "
+        "probabilities of each image and its mirror (evaluation only; not part of the run's identity)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     many = p.add_argument_group(
         "several processes (one per host, or several on one machine)",
@@ -401,8 +408,20 @@ def main(argv=None) -> int:
         )
     else:
         say(f"nothing to train: the checkpoint in {out} already has all {last['epoch']} epochs")
+    if args.tta == "flip":
+        from jcnn.augment import flip_horizontal
+
+        views = (unchanged, flip_horizontal)
+        step = train.make_eval_step(model, views=views, precision=args.precision, compute_dtype=args.compute_dtype)
+        tta = train.evaluate(step, result.state, *ds.test)
+        say(f"test accuracy with flip TTA (mean probabilities of each image and its mirror): {tta['accuracy']:.4f}")
     say(f"test accuracy: {last['test_accuracy']:.4f}")
     return 0
+
+
+def unchanged(images):
+    """The identity view of test-time augmentation."""
+    return images
 
 
 if __name__ == "__main__":

@@ -199,3 +199,33 @@ def test_cli_recipe_flag_errors(script, argv, message, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation in the eval step.
+
+
+def test_eval_views_average_the_probabilities(digits):
+    state = train.init_state(CONV_BN, optax.sgd(0.1), 3, (8, 8, 1))
+    x, y = digits.test.images[:50], digits.test.labels[:50]
+    plain = train.evaluate(train.make_eval_step(CONV_BN), state, x, y)
+    one = train.evaluate(train.make_eval_step(CONV_BN, views=[lambda a: a]), state, x, y)
+    np.testing.assert_allclose(one["loss"], plain["loss"], rtol=1e-5)
+    assert one["accuracy"] == plain["accuracy"]
+    both = train.evaluate(
+        train.make_eval_step(CONV_BN, views=(lambda a: a, augment.flip_horizontal)), state, x, y
+    )
+    apply = batched(CONV_BN).apply
+    probs = [jax.nn.softmax(apply(state.params, state.model_state, v)[0]) for v in (x, x[:, :, ::-1, :])]
+    mean = (probs[0] + probs[1]) / 2
+    np.testing.assert_allclose(both["loss"], float(-jnp.mean(jnp.log(mean[jnp.arange(50), y]))), rtol=1e-5)
+    assert round(both["accuracy"] * 50) == int(jnp.sum(jnp.argmax(mean, -1) == y))
+    with pytest.raises(TypeError, match="`views` must be None or a non-empty sequence"):
+        train.make_eval_step(CONV_BN, views=())
+    with pytest.raises(TypeError, match="`views` must be None or a non-empty sequence"):
+        train.make_eval_step(CONV_BN, views=["flip"])
+
+
+def test_cli_tta_flag(script):
+    assert script.parse_args(["--tta", "flip"]).tta == "flip"
+    assert script.parse_args([]).tta is None

@@ -428,6 +428,7 @@ def make_eval_step(
     devices: Sequence[jax.Device] | None = None,
     precision: str | None = None,
     compute_dtype=None,
+    views: Sequence | None = None,
 ) -> EvalStep:
     """Build the jitted evaluation step: forward with ``train=False``, masked sums of loss and hits.
 
@@ -436,6 +437,10 @@ def make_eval_step(
         devices: devices of the ``"data"`` mesh; default all of ``jax.devices()``.
         precision, compute_dtype: as for `make_train_step` (the forward pass runs in
             ``compute_dtype``; the loss is computed in float32).
+        views: None, or test-time augmentation: deterministic functions ``images -> images``
+            on the batch ``(n, h, w, c)`` (e.g. ``(lambda x: x, jcnn.augment.flip_horizontal)``);
+            the prediction is the mean of the softmax probabilities over the views, and the
+            loss its negative log at the label.
 
     Returns:
         An `EvalStep`; `evaluate` drives it over a whole dataset. As with `make_train_step`, the
@@ -444,18 +449,32 @@ def make_eval_step(
     check_model(model, "make_eval_step")
     precision = check_precision(precision, "make_eval_step")
     _, _, compute_dtype = check_recipe(None, 0.0, compute_dtype, "make_eval_step")
-    return _cached(_build_eval_step, model, _device_tuple(devices), precision, compute_dtype)
+    if views is not None:
+        views = tuple(views)
+        bad = [v for v in views if not callable(v)]
+        if not views or bad:
+            raise TypeError(
+                f"make_eval_step: `views` must be None or a non-empty sequence of functions images -> "
+                f"images, got {views!r}."
+            )
+    return _cached(_build_eval_step, model, _device_tuple(devices), precision, compute_dtype, views)
 
 
-def _build_eval_step(model, devices, precision, compute_dtype) -> EvalStep:
+def _build_eval_step(model, devices, precision, compute_dtype, views) -> EvalStep:
     apply = batched(model).apply
     placement = Placement(devices)
 
     def eval_step(params, model_state, x, y, mask):
         with _precision_scope(precision):
             params, x = _cast((params, x), compute_dtype)
-            logits, _ = apply(params, model_state, x, key=None, train=False)
-        logits = logits.astype(jnp.float32)
+            if views is None:
+                logits = apply(params, model_state, x, key=None, train=False)[0].astype(jnp.float32)
+            else:  # log of the mean probability over the views: a log-softmax, so the loss below holds
+                logps = [
+                    jax.nn.log_softmax(apply(params, model_state, view(x), key=None, train=False)[0].astype(jnp.float32))
+                    for view in views
+                ]
+                logits = jax.nn.logsumexp(jnp.stack(logps), axis=0) - jnp.log(jnp.float32(len(views)))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         hit = jnp.argmax(logits, axis=-1) == y
         return {
