@@ -196,39 +196,46 @@ def compare(rows: list) -> dict:
     return out
 
 
-def verdicts(rows: list, tests: dict) -> dict:
-    """Plain-words verdicts of claims 11 and 12 from the tests (significance level 0.05)."""
+ALPHA = 0.05  # significance level of the verdicts
 
-    def said(variant, key):
+
+def significant(test: dict, sign: int) -> bool:
+    """Whether a Welch test found a significant difference of the given sign (+1 or -1)."""
+    return test["p"] < ALPHA and test["difference"] * sign > 0
+
+
+def verdicts(tests: dict) -> dict:
+    """Plain-words verdicts of claims 11 and 12 from the tests."""
+
+    def said(variant, key, subject):
         t = tests[variant][key]
         sign = "higher" if t["difference"] > 0 else "lower"
-        sig = "significant" if t["p"] < 0.05 else "not significant"
-        return f"{variant} {abs(t['difference']):.4f} {sign} than max (p = {t['p']:.3g}, {sig})"
+        sig = "significant" if t["p"] < ALPHA else "not significant"
+        return f"{subject} {abs(t['difference']):.4f} {sign} than max (p = {t['p']:.3g}, {sig})"
 
     out = {}
     strided = [v for v in ("strided", "conv") if v in tests]
     if strided:
-        worse = [v for v in strided if tests[v]["test_accuracy"]["p"] < 0.05 and tests[v]["test_accuracy"]["difference"] < 0]
+        worse = [v for v in strided if significant(tests[v]["test_accuracy"], -1)]
         out["claim_12"] = {
             "supported": not worse,
-            "text": "; ".join(said(v, "test_accuracy") for v in strided)
+            "text": "; ".join(said(v, "test_accuracy", v) for v in strided)
             + (". Supported: no strided variant is significantly worse than max pooling." if not worse
                else f". Not supported for {', '.join(worse)}: significantly worse than max pooling."),
         }  # fmt: skip
     if "none" in tests:
         t = tests["none"]
         perturbed = [k for k in t if k.startswith(("noise:", "shift:"))]
-        less_robust = [k for k in perturbed if t[k]["p"] < 0.05 and t[k]["difference"] > 0]
-        more_robust = [k for k in perturbed if t[k]["p"] < 0.05 and t[k]["difference"] < 0]
-        more_overfit = t["gap"]["p"] < 0.05 and t["gap"]["difference"] > 0
+        less_robust = [k for k in perturbed if significant(t[k], +1)]
+        more_robust = [k for k in perturbed if significant(t[k], -1)]
         out["claim_11"] = {
-            "overfitting": said("none", "gap").replace("none", "the no-downsampling net's train-test gap is", 1),
+            "overfitting": said("none", "gap", "the no-downsampling net's train-test gap is"),
             "sensitivity": "; ".join(
                 f"{k}: loses {t[k]['difference']:+.4f} vs max (p = {t[k]['p']:.3g})" for k in perturbed
             ),
             "more_sensitive_without_pooling": less_robust,
             "less_sensitive_without_pooling": more_robust,
-            "supported_overfitting": bool(more_overfit),
+            "supported_overfitting": significant(t["gap"], +1),
             "supported_noise_or_shift": bool(less_robust),
         }
     return out
@@ -443,7 +450,7 @@ def run_pooling(args, ds, epochs: int, seeds: list) -> tuple[dict, dict, str]:
     print("claims 11 and 12: how a stage downsamples")
     rows, first_max = pooling_runs(args, ds, epochs, seeds)
     tests = compare(rows)
-    words = verdicts(rows, tests)
+    words = verdicts(tests)
     print(f"\n{'variant':<8} {'params':>8} {'test accuracy':>17} {'train-test gap':>17}  "
           + "  ".join(f"{k:>13}" for k in rows[0]["robust"] if k != "clean"))  # fmt: skip
     for r in rows:

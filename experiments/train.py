@@ -204,8 +204,9 @@ def _augment_spec(text: str) -> list:
                 number = int(value)
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{name}:{value}: expected an integer") from None
-            if number < (0 if name == "crop" else 1):
-                raise argparse.ArgumentTypeError(f"{name}:{value}: must be >= {0 if name == 'crop' else 1}")
+            low = 0 if name == "crop" else 1  # a crop may pad nothing; a cutout erases at least a pixel
+            if number < low:
+                raise argparse.ArgumentTypeError(f"{name}:{value}: must be >= {low}")
         parts.append((name, int(value) if value else AUGMENTS[name][2]))
     return parts
 

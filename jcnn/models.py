@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
+from jcnn.checks import as_bool
 from jcnn.layers import (
     AdaptiveAvgPool,
     BatchNorm,
@@ -85,6 +86,14 @@ def _check_rate(where: str, drop_rate) -> float:
     if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0 <= drop_rate < 1:
         raise ValueError(f"{where}: `drop_rate` must be a number in [0, 1), got {drop_rate!r}.")
     return float(drop_rate)
+
+
+def _check_widths(where: str, widths) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints (channels per stage)."""
+    widths = tuple(widths)
+    if not widths or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in widths):
+        raise ValueError(f"{where}: `widths` must be a non-empty sequence of positive ints, got {widths!r}.")
+    return widths
 
 
 def lenet(num_classes: int = 10, input_shape=(28, 28, 1), *, drop_rate: float = 0.0) -> Layer:
@@ -171,9 +180,7 @@ def allconv(
     where = "allconv"
     num_classes, _ = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
-    widths = tuple(widths)
-    if not widths or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in widths):
-        raise ValueError(f"{where}: `widths` must be a non-empty sequence of positive ints, got {widths!r}.")
+    widths = _check_widths(where, widths)
     layers = []
     for k in widths:
         layers += [Conv(k, 3, padding=1), Relu(), Conv(k, 3, strides=2, padding="SAME"), Relu()]
@@ -237,13 +244,10 @@ def small_vgg(
     where = "small_vgg"
     num_classes, _ = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
-    widths = tuple(widths)
-    if not widths or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in widths):
-        raise ValueError(f"{where}: `widths` must be a non-empty sequence of positive ints, got {widths!r}.")
+    widths = _check_widths(where, widths)
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"{where}: `downsample` must be one of {DOWNSAMPLES}, got {downsample!r}.")
-    if not isinstance(batch_norm, bool):
-        raise TypeError(f"{where}: `batch_norm` must be True or False, got {batch_norm!r}.")
+    batch_norm = as_bool(batch_norm, where, "batch_norm")
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise ValueError(f"{where}: `hidden` must be a positive int, got {hidden!r}.")
 
@@ -477,8 +481,7 @@ def vgg(
     depth = _check_choice(where, "depth", depth, VGG_CONFIGS)
     num_classes, (h, w, _) = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
-    if not isinstance(batch_norm, bool):
-        raise TypeError(f"{where}: `batch_norm` must be True or False, got {batch_norm!r}.")
+    batch_norm = as_bool(batch_norm, where, "batch_norm")
     _min_size(where, h, w, [(2, 2, 0)] * 5)
     layers = []
     for v in VGG_CONFIGS[depth]:

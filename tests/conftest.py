@@ -17,7 +17,9 @@ Without the option the suite runs on whatever JAX picks at JAX's default precisi
 line of the report says which jax, backend, device and precision a run used.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import jax
 import pytest
@@ -95,3 +97,13 @@ def x64():
     """
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """experiments/train.py loaded as a module: its parse_args / main called in this process."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

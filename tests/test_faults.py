@@ -369,15 +369,6 @@ def test_bad_data_is_refused_before_training(digits, no_training, split, change,
 # The command line.
 
 
-@pytest.fixture(scope="module")
-def train_script():
-    """experiments/train.py as a module, to call its `main` in this process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "flag, value, message",
     [

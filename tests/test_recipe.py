@@ -2,8 +2,6 @@
 step, label smoothing and bfloat16 mixed precision, in the step, in `fit` and in train.py."""
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,6 @@ import pytest
 from jcnn import augment, data, train
 from jcnn.layers import BatchNorm, Conv, Dense, Flatten, Relu, batched, serial
 
-REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, BATCH = 320, 100, 32
 
 LINEAR = serial(Flatten(), Dense(10))
@@ -164,24 +161,16 @@ def test_fit_mixed_precision_learns(digits):
 # train.py's flags.
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_recipe_flags(script):
-    args = script.parse_args(["--augment", "crop:2,flip,cutout", "--label-smoothing", "0.1",
+def test_cli_recipe_flags(train_script):
+    args = train_script.parse_args(["--augment", "crop:2,flip,cutout", "--label-smoothing", "0.1",
                               "--compute-dtype", "bfloat16", "--model", "small_vgg"])  # fmt: skip
     assert args.augment == [("crop", 2), ("flip", None), ("cutout", 8)]
-    fn = script.build_augment(args.augment)
+    fn = train_script.build_augment(args.augment)
     assert augment.describe(fn) == "compose(random_crop(padding=2), random_flip, cutout(size=8))"
     x = jnp.ones((4, 8, 8, 1))
     assert fn(jax.random.key(0), x).shape == x.shape
     assert (args.label_smoothing, args.compute_dtype, args.model) == (0.1, "bfloat16", "small_vgg")
-    assert script.build_augment(None) is None
+    assert train_script.build_augment(None) is None
 
 
 @pytest.mark.parametrize(
@@ -195,9 +184,9 @@ def test_cli_recipe_flags(script):
         (["--compute-dtype", "float16"], "invalid choice: 'float16'"),
     ],
 )
-def test_cli_recipe_flag_errors(script, argv, message, capsys):
+def test_cli_recipe_flag_errors(train_script, argv, message, capsys):
     with pytest.raises(SystemExit):
-        script.parse_args(argv)
+        train_script.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
@@ -226,6 +215,6 @@ def test_eval_views_average_the_probabilities(digits):
         train.make_eval_step(CONV_BN, views=["flip"])
 
 
-def test_cli_tta_flag(script):
-    assert script.parse_args(["--tta", "flip"]).tta == "flip"
-    assert script.parse_args([]).tta is None
+def test_cli_tta_flag(train_script):
+    assert train_script.parse_args(["--tta", "flip"]).tta == "flip"
+    assert train_script.parse_args([]).tta is None

@@ -630,14 +630,9 @@ def test_experiment_script_smoke(tmp_path):
         (["--checkpoint-every", "0"], "must be >= 1, got 0"),
     ],
 )
-def test_cli_multi_process_options_are_validated(argv, message, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "experiments" / "train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_cli_multi_process_options_are_validated(train_script, argv, message, capsys):
     with pytest.raises(SystemExit):
-        script.parse_args(argv)
+        train_script.parse_args(argv)
     assert message in capsys.readouterr().err
-    args = script.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
+    args = train_script.parse_args(["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"])
     assert (args.coordinator, args.num_processes, args.process_id, args.distributed) == ("h:1", 2, 1, False)
