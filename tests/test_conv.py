@@ -721,6 +721,49 @@ def test_check_grads_conv(impl, x_shape, kernel_shape, kwargs, x64):
     check_grads(f, (x, k, b), order=2, modes=["fwd", "rev"])
 
 
+# Depthwise convs under impl="im2col" (and so "auto" on CPU) take a hand-written VJP: its input
+# gradient is a flipped-kernel tap sum over the stride-dilated output gradient, its kernel
+# gradient a chunked per-tap sum. Strides, dilation, a channel multiplier, 1-3 D, padding modes,
+# several batch dims and an empty batch, against XLA's gradients and check_grads (reverse mode,
+# order 2, which also checks the hand-written backward's own derivative).
+DEPTHWISE_GRAD_CASES = [
+    ((2, 9, 8, 3), (3, 3, 1, 3), dict(padding=1, groups=3)),
+    ((2, 9, 8, 3), (3, 2, 1, 6), dict(strides=(2, 3), dilation=(1, 2), padding=((1, 0), (2, 1)), groups=3)),
+    ((5, 10, 4), (3, 1, 4), dict(strides=2, padding=2, groups=4, padding_mode="reflect")),
+    ((2, 1, 3, 6, 5, 4, 2), (2, 2, 1, 1, 4), dict(strides=(1, 2, 1), padding="SAME", groups=2)),
+    ((7, 6, 6, 2), (2, 2, 1, 2), dict(strides=3, groups=2)),  # rows the stride never reads
+    ((0, 6, 6, 2), (2, 2, 1, 2), dict(groups=2)),
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, kwargs", DEPTHWISE_GRAD_CASES)
+def test_depthwise_gradients(x_shape, kernel_shape, kwargs, monkeypatch, x64):
+    conv_module = importlib.import_module("jcnn.ops.conv")
+    # A chunk budget of 2 examples' output gradient (an upper bound on it: the input's pixels):
+    # the kernel gradient's scan over chunks and, for odd batches, its remainder both run.
+    d = len(kernel_shape) - 2
+    per_example = 8 * kernel_shape[-1] * math.prod(x_shape[-d - 1 : -1])
+    monkeypatch.setattr(conv_module, "DEPTHWISE_CHUNK_BYTES", 2 * per_example)
+    x, k, b = rng_arrays(21, x_shape, kernel_shape, kernel_shape[-1:])
+
+    def loss(x, k, b, impl):
+        return jnp.sum(jnp.sin(conv(x, k, b, impl=impl, **kwargs)))
+
+    want = jax.grad(loss, (0, 1, 2))(x, k, b, "xla")
+    for impl in ("im2col", "auto"):
+        got = jax.jit(jax.grad(loss, (0, 1, 2)), static_argnums=3)(x, k, b, impl)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl} {kwargs}")
+    f = functools.partial(conv, impl="im2col", **kwargs)
+    check_grads(f, (x, k, b), order=2, modes=["rev"])
+    # forward-over-reverse (jax.hessian) works; plain forward mode is JAX's custom_vjp error.
+    h = jax.hessian(lambda k: loss(x, k, b, "im2col"))(k)
+    np.testing.assert_allclose(h, jax.hessian(lambda k: loss(x, k, b, "direct"))(k), rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(f, (x, k, b), (x, k, b))
+
+
 def test_check_grads_conv_transpose(x64):
     x, k, b = rng_arrays(9, (1, 3, 2, 2), (2, 3, 2, 1), (2,))
     f = functools.partial(

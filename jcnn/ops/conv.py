@@ -15,11 +15,14 @@ Implementations (``impl=``):
   Loops over kernel offsets only, never over pixels or examples.
 * ``"im2col"``: the same slices stacked into one patches matrix
   ``(*batch, *out_spatial, prod(kernel_size) * c_in)``, then a single matmul with the reshaped
-  kernel.
+  kernel. A depthwise conv (``groups == c_in``) has no matmul to make: it sums the taps in one
+  pass and has a hand-written backward (`_depthwise`), which supports reverse mode and
+  forward-over-reverse (``jax.hessian``) but not plain forward mode (use ``"direct"`` there).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -125,9 +128,6 @@ def _conv_direct(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
 
 def _conv_im2col(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
     """Patches ``(..., taps * c_in)`` gathered by hand, then one matmul with the kernel matrix."""
-    if kernel.shape[-2] == 1 and geo.groups > 1:
-        # Depthwise: there is no matmul to make; summing the taps directly is the fast form.
-        return _conv_direct(x, kernel, geo, precision)
     acc = checks.accumulator_dtype(x.dtype)
     taps = math.prod(geo.kernel_size)
     patches = jnp.stack([p for _, p in _offset_slices(x, geo)], axis=-2)  # (..., taps, c_in)
@@ -180,6 +180,100 @@ def _chunked(fn, xp: jax.Array, kernel: jax.Array, geo: ConvGeometry, precision)
     return y.reshape(geo.out_shape)
 
 
+# Depthwise convs (one input channel per group) have no matmul to make, and differentiating
+# their sliced form is slow on CPU: the kernel gradient's per-tap sums over a whole batch make XLA
+# hold one shifted copy of the input per tap at once (fresh pages), and the input gradient
+# becomes a sum of padded copies. `_depthwise` keeps the forward as one fused pass and writes
+# the backward by hand: the input gradient is the same tap sum over the output gradient
+# (dilated by the stride, padded by the kernel's extent) with the flipped kernel, and the
+# kernel gradient is summed a cache-sized chunk of examples at a time.
+DEPTHWISE_CHUNK_BYTES = 2 << 20
+
+
+def _is_depthwise(geo: ConvGeometry) -> bool:
+    return geo.groups > 1 and geo.groups == geo.in_channels
+
+
+def _tap_sum(a: jax.Array, w: jax.Array, geo: ConvGeometry) -> jax.Array:
+    """``sum over taps t of slice_t(a) * w[t]``: ``a (n, *spatial, c)``, ``w (*kernel_size, c)``."""
+    acc = checks.accumulator_dtype(a.dtype)
+    y = None
+    for offset, patch in _offset_slices(a, geo):
+        term = patch.astype(acc) * lax.broadcast_in_dim(w[offset].astype(acc), patch.shape, (patch.ndim - 1,))
+        y = term if y is None else y + term
+    return y.astype(a.dtype)
+
+
+def _tap_products(a: jax.Array, dy: jax.Array, geo: ConvGeometry, acc) -> jax.Array:
+    """``(taps, c)``: each tap's slice of ``a`` times ``dy``, summed over examples and pixels."""
+    axes = tuple(range(dy.ndim - 1))
+    return jnp.stack([jnp.sum(p.astype(acc) * dy.astype(acc), axes) for _, p in _offset_slices(a, geo)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _depthwise(geo: ConvGeometry, xp: jax.Array, w: jax.Array) -> jax.Array:
+    """Depthwise conv of the padded ``xp (n, *spatial, c)`` with ``w (*kernel_size, c)``.
+
+    A custom VJP (reverse mode, and forward-over-reverse such as ``jax.hessian``); plain
+    forward mode (``jax.jvp``, ``jax.jacfwd``) needs ``impl="direct"`` or ``"xla"``.
+    """
+    return _tap_sum(xp, w, geo)
+
+
+def _depthwise_fwd(geo, xp, w):
+    return _tap_sum(xp, w, geo), (xp, w)
+
+
+def _depthwise_bwd(geo, res, dy):
+    xp, w = res
+    d = len(geo.kernel_size)
+    # Input gradient: pixel p of xp gets dy[q] * w[t] wherever p = t*r + s*q. Dilate dy by the
+    # stride (interior padding), pad it by the kernel's extent f = r*(k - 1) on both sides, and
+    # correlate with the flipped kernel at stride 1: that covers the first s*(out - 1) + 1 + f
+    # pixels of xp; any rows after them were never read and get zero.
+    full = [r * (k - 1) for r, k in zip(geo.dilation, geo.kernel_size)]
+    zero = jnp.zeros((), dy.dtype)
+    dyp = lax.pad(dy, zero, [(0, 0, 0)] + [(f, f, s - 1) for f, s in zip(full, geo.strides)] + [(0, 0, 0)])
+    span = tuple(s * (n - 1) + 1 + f for s, n, f in zip(geo.strides, geo.out_spatial, full))
+    flipped = geo._replace(strides=(1,) * d, out_spatial=span)
+    dx = _tap_sum(dyp, lax.rev(w, tuple(range(d))), flipped)
+    rest = [(0, size - n, 0) for size, n in zip(xp.shape[1:-1], span)]
+    dx = lax.pad(dx, zero, [(0, 0, 0)] + rest + [(0, 0, 0)])
+    # Kernel gradient: a few examples at a time, so each tap's shifted slice stays in cache.
+    acc = checks.accumulator_dtype(w.dtype)
+    n = xp.shape[0]
+    per_example = max(1, math.prod(geo.out_spatial) * w.shape[-1] * dy.dtype.itemsize)
+    chunk = max(1, min(n, DEPTHWISE_CHUNK_BYTES // per_example))
+    whole = n // chunk * chunk
+    dw = jnp.zeros((math.prod(geo.kernel_size), w.shape[-1]), acc)
+    if whole:
+
+        def body(total, pair):
+            return total + _tap_products(*pair, geo, acc), None
+
+        pairs = (a[:whole].reshape((whole // chunk, chunk) + a.shape[1:]) for a in (xp, dy))
+        dw, _ = lax.scan(body, dw, tuple(pairs))
+    if whole < n:
+        dw = dw + _tap_products(xp[whole:], dy[whole:], geo, acc)
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _conv_depthwise(xp: jax.Array, kernel: jax.Array, geo: ConvGeometry) -> jax.Array:
+    """A depthwise conv (``kernel (*k, 1, c_out)``, ``c_out = multiplier * c_in``) of the padded
+    ``xp``, any batch dims: input channel g feeds outputs ``g*m ... g*m + m - 1``."""
+    d = len(geo.kernel_size)
+    n = math.prod(geo.batch_shape)
+    flat = xp.reshape((n,) + xp.shape[len(geo.batch_shape) :])
+    multiplier = geo.out_channels // geo.in_channels
+    if multiplier > 1:
+        flat = jnp.repeat(flat, multiplier, axis=d + 1)
+    w = kernel.reshape(geo.kernel_size + (geo.out_channels,))
+    return _depthwise(geo._replace(batch_shape=()), flat, w).reshape(geo.out_shape)
+
+
 def _dimension_numbers(d: int) -> lax.ConvDimensionNumbers:
     """Channels-last for any spatial rank: lhs/out (N, *spatial, C), rhs (*spatial, I, O)."""
     spatial = tuple(range(1, d + 1))
@@ -223,8 +317,9 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
       are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
       6.6 ms at batch 2).
-    * CPU, 2-D and 3-D, float32/float64: ``"im2col"`` (depthwise convs take its direct form);
-      XLA's CPU convolution *backward* pass is several times slower than chunked matmuls.
+    * CPU, 2-D and 3-D, float32/float64: ``"im2col"`` (depthwise convs take its tap-sum form
+      with the hand-written backward); XLA's CPU convolution *backward* pass is several times
+      slower than chunked matmuls.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or len(geo.kernel_size) == 1:
@@ -243,6 +338,8 @@ def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array
             y = _conv_xla(x, kernel, geo, geo.padding, precision)
         else:
             y = _conv_xla(_pad(x, geo), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
+    elif impl == "im2col" and _is_depthwise(geo):
+        y = _conv_depthwise(_pad(x, geo), kernel, geo)
     else:
         fn = _conv_direct if impl == "direct" else _conv_im2col
         y = _chunked(fn, _pad(x, geo), kernel, geo, precision)
