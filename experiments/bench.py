@@ -20,6 +20,9 @@ Suites (``--suite``, several allowed; no argument runs ``steps layers``):
   interleaved in rounds) on the LeNet and ResNet steps and a depthwise and a 3-D conv.
 * ``ops``: the op-level conv suite (forward and forward+backward of every ``impl`` vs raw lax and
   PyTorch).
+* ``convs``: every conv layer of the benchmarked and zoo models at its in-model shape, forward +
+  backward as a `batched` layer, for each ``impl`` and PyTorch: the table ``impl="auto"``'s
+  rule is derived from.
 
     python experiments/bench.py                              # steps + layers tables
     python experiments/bench.py --suite all                  # everything (~15 min on 2 cores)
@@ -58,7 +61,7 @@ from jax import lax
 import jcnn
 from jcnn import layers as L
 
-JCNN_IMPLS = ("auto", "xla", "direct", "im2col")
+JCNN_IMPLS = ("auto", "xla", "direct", "im2col", "hybrid")
 NUM_CLASSES = 10
 
 # --------------------------------------------------------------------------------------------
@@ -833,6 +836,122 @@ def markdown_layers(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# conv layers at their in-model shapes, every impl: the table `impl="auto"` is derived from
+# --------------------------------------------------------------------------------------------
+
+
+class ConvLayerCase(NamedTuple):
+    name: str
+    in_shape: tuple[int, ...]  # one example, channels last
+    c_out: int
+    kernel: int
+    kw: dict  # strides / padding / groups / bias, as jcnn's Conv and torch's Conv2d take them
+    wrt_x: bool  # a model's first conv never needs its input gradient
+
+
+# Every conv shape of the steps' models and of the zoo nets this CPU trains (small_vgg, the record
+# model), plus a MobileNet-v2 block at 28x28 (1x1 expand, depthwise 3x3, 1x1 project).
+CONV_LAYERS = [
+    ConvLayerCase("LeNet conv1 5x5 28x28x1->20", (28, 28, 1), 20, 5, {"padding": 2}, False),
+    ConvLayerCase("LeNet conv2 5x5 14x14x20->50", (14, 14, 20), 50, 5, {"padding": 2}, True),
+    ConvLayerCase("ResNet-8 stem 3x3 32x32x3->16", (32, 32, 3), 16, 3, {"padding": 1, "bias": False}, False),
+    ConvLayerCase("ResNet-8 3x3 32x32x16->16", (32, 32, 16), 16, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("ResNet-8 3x3/2 32x32x16->32", (32, 32, 16), 32, 3, {"strides": 2, "padding": 1, "bias": False}, True),
+    ConvLayerCase("ResNet-8 1x1/2 32x32x16->32", (32, 32, 16), 32, 1, {"strides": 2, "bias": False}, True),
+    ConvLayerCase("ResNet-8 3x3 16x16x32->32", (16, 16, 32), 32, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("ResNet-8 3x3 8x8x64->64", (8, 8, 64), 64, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("small_vgg 3x3 28x28x1->32", (28, 28, 1), 32, 3, {"padding": 1, "bias": False}, False),
+    ConvLayerCase("small_vgg 3x3 28x28x32->32", (28, 28, 32), 32, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("small_vgg 3x3 14x14x32->64", (14, 14, 32), 64, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("small_vgg 3x3 7x7x128->128", (7, 7, 128), 128, 3, {"padding": 1, "bias": False}, True),
+    ConvLayerCase("MobileNet 1x1 28x28x32->192", (28, 28, 32), 192, 1, {"bias": False}, True),
+    ConvLayerCase("MobileNet dw 3x3 28x28x192", (28, 28, 192), 192, 3, {"padding": 1, "groups": 192, "bias": False}, True),
+    ConvLayerCase("MobileNet 1x1 28x28x192->32", (28, 28, 192), 32, 1, {"bias": False}, True),
+]  # fmt: skip
+
+CONV_LAYER_IMPLS = ("xla", "im2col", "hybrid", "direct", "auto")
+
+
+def conv_layer_runs(case: ConvLayerCase, batch: int, torch, impls=CONV_LAYER_IMPLS) -> dict:
+    """Blocking closures: one `batched(Conv)` layer's jitted fwd+bwd per impl, and PyTorch's."""
+    rng = np.random.default_rng(2)
+    xb = rng.normal(size=(batch, *case.in_shape)).astype(np.float32)
+    x = jnp.asarray(xb)
+    yb = np.zeros(batch, np.int32)
+    runs = {}
+    for impl in impls:
+        net = L.batched(L.Conv(case.c_out, case.kernel, impl=impl, **case.kw))
+        _, params, state = net.init(jax.random.key(0), (batch, *case.in_shape))
+        apply = lambda p, x, net=net, state=state: net.apply(p, state, x, train=True)[0]  # noqa: E731
+        runs[impl] = _jax_segment(apply, params, x, None, False, case.wrt_x)
+    if torch is not None:
+        kw = case.kw
+        c_in = case.in_shape[-1]
+
+        def module(t):
+            return t.nn.Conv2d(c_in, case.c_out, case.kernel, stride=kw.get("strides", 1),
+                               padding=kw.get("padding", 0), groups=kw.get("groups", 1),
+                               bias=kw.get("bias", True))  # fmt: skip
+
+        for cl, label in ((False, "torch NCHW"), (True, "torch channels_last")):
+            runs[label] = _torch_segment(module(torch), xb, yb, False, case.wrt_x, cl, torch)
+    return runs
+
+
+def suite_convs(args, torch) -> dict:
+    batch = args.batch
+    cases = CONV_LAYERS[:2] if args.quick else CONV_LAYERS
+    if args.cases:
+        cases = [c for c in CONV_LAYERS if any(s in c.name for s in args.cases)]
+    rows = []
+    for case in cases:
+        geo = jcnn.shapes.conv_geometry(
+            jcnn.shapes.conv_spec(case.kernel, strides=case.kw.get("strides", 1),
+                                  padding=case.kw.get("padding", 0), groups=case.kw.get("groups", 1)),
+            (batch, *case.in_shape),
+            (case.kernel, case.kernel, case.in_shape[-1] // case.kw.get("groups", 1), case.c_out),
+        )  # fmt: skip
+        times = interleaved(conv_layer_runs(case, batch, torch), args.rounds, args.iters, args.warmup)
+        row = {"case": case.name, "input": [batch, *case.in_shape], "wrt_x": case.wrt_x}
+        row["auto picks"] = jcnn.ops.auto_impl(geo, dtype=jnp.float32)
+        row |= {k: stats(v) for k, v in times.items()}
+        rows.append(row)
+        print(f"{case.name:>30}: " + "  ".join(f"{k}={statistics.median(v) * 1e3:.2f}" for k, v in times.items()),
+              flush=True)  # fmt: skip
+    return {"batch": batch, "rounds": args.rounds, "iters": args.iters, "rows": rows}
+
+
+def markdown_convs(res: dict) -> str:
+    rows = res["rows"]
+    cols = [c for c in (*CONV_LAYER_IMPLS, "torch NCHW", "torch channels_last") if c in rows[0]]
+    impls = [c for c in cols if c in CONV_LAYER_IMPLS and c != "auto"]
+    lines = [
+        f"### Conv layers at their in-model shapes (batch {res['batch']}, fwd+bwd, median ms)",
+        "",
+        "One `batched(Conv(...))` layer per impl, jitted: the gradient of sum(output) w.r.t. its"
+        " parameters and input (first layers: parameters only). 'fastest' is the fastest"
+        " hand-picked impl; 'auto / fastest' the time `impl=\"auto\"` loses to it; 'auto / torch'"
+        " the time ratio to PyTorch's faster layout (> 1: slower).",
+        "",
+        "| case | " + " | ".join(cols) + " | fastest | auto picks | auto / fastest | auto / torch |",
+        "|---|" + "---|" * (len(cols) + 4),
+    ]
+    for r in rows:
+        med = {c: r[c]["median_ms"] for c in cols}
+        fastest = min(impls, key=med.get)
+        torch_t = [med[c] for c in cols if c.startswith("torch")]
+        cells = [r["case"]] + [f"{med[c]:.2f}" for c in cols] + [fastest, r["auto picks"]]
+        cells.append(f"{med['auto'] / med[fastest]:.2f}")
+        cells.append(f"{med['auto'] / min(torch_t):.2f}" if torch_t else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if all("torch NCHW" in r for r in rows):
+        ratios = [min(r[c]["median_ms"] for c in cols if c.startswith("torch")) / r["auto"]["median_ms"] for r in rows]
+        lines += ["", f"auto vs PyTorch's best layout (speed): geomean {geomean(ratios):.2f}x, worst {min(ratios):.2f}x"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # XLA CPU flags: one subprocess per setting, settings interleaved in rounds
 # --------------------------------------------------------------------------------------------
 
@@ -1062,7 +1181,7 @@ def summarize_ops(results: dict) -> dict:
     if rows and "torch" in rows[0]["fwdbwd"] and "auto" in rows[0]["fwdbwd"]:
         r = [row["fwdbwd"]["torch"] / row["fwdbwd"]["auto"] for row in rows]
         out["default (auto) fwd+bwd vs torch, geomean"] = f"{geomean(r):.2f}x (min {min(r):.2f}x)"
-    for impl in ("direct", "im2col"):
+    for impl in ("direct", "im2col", "hybrid"):
         if rows and impl in rows[0]["fwdbwd"] and "xla" in rows[0]["fwdbwd"]:
             wins = sum(row["fwdbwd"][impl] < row["fwdbwd"]["xla"] for row in rows)
             out[f"{impl} faster than xla fwd+bwd"] = f"{wins}/{len(rows)} cases"
@@ -1104,6 +1223,7 @@ SUITES = {
     "layers": (suite_layers, markdown_layers),
     "flags": (suite_flags, markdown_flags),
     "ops": (suite_ops, markdown_ops),
+    "convs": (suite_convs, markdown_convs),
 }
 
 
@@ -1114,7 +1234,7 @@ def parse_args(argv=None):
         nargs="+",
         default=["steps", "layers"],
         choices=[*SUITES, "all"],
-        help="what to run (default: steps layers; all = steps layers flags ops)",
+        help="what to run (default: steps layers; all = steps layers convs flags ops)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: batch 8, 2 rounds, fewer items")
     p.add_argument("--out", default="experiments/bench_results", help="folder for <suite>.json/.md")
@@ -1150,7 +1270,7 @@ def parse_args(argv=None):
     args.warmup = args.warmup or (1 if q else 3)
     args.flag_rounds = args.flag_rounds or (1 if q else 2)
     if "all" in args.suite:
-        args.suite = ["steps", "layers", "flags", "ops"]
+        args.suite = ["steps", "layers", "convs", "flags", "ops"]
     return args
 
 

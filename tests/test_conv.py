@@ -24,7 +24,7 @@ from jcnn import shapes
 from jcnn.ops import conv, conv_transpose
 from jcnn.shapes import ShapeError
 
-IMPLS = ("xla", "direct", "im2col")
+IMPLS = ("xla", "direct", "im2col", "hybrid")
 MODES = ("zeros", "reflect", "replicate", "circular")
 JCNN_DIR = os.path.dirname(os.path.abspath(shapes.__file__))
 
@@ -348,7 +348,7 @@ def test_impls_agree(cfg):
             x.shape[-d - 1 : -1], kernel.shape[:d], cfg["strides"], pads, cfg["dilation"]
         )
         assert want.shape == x.shape[: -d - 1] + out_spatial + kernel.shape[-1:]
-        for impl in ("direct", "im2col"):
+        for impl in ("direct", "im2col", "hybrid"):
             got = conv(x, kernel, bias, impl=impl, **kwargs)
             assert got.shape == want.shape and got.dtype == want.dtype
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"impl={impl} {cfg}")
@@ -711,6 +711,9 @@ GRAD_CASES = [
     ("direct", (2, 6, 4), (2, 2, 2), GRAD_1D),
     ("im2col", (2, 6, 4), (2, 2, 2), GRAD_1D),
     ("xla", (2, 6, 4), (2, 2, 2), dict(GRAD_1D, padding_mode="reflect")),
+    # hybrid's custom_jvp: XLA's tangent in x, im2col's in the kernel; both modes, order 2
+    ("hybrid", (2, 5, 4, 2), (2, 2, 2, 3), dict(strides=(2, 1), padding=((1, 0), (0, 1)))),
+    ("hybrid", (2, 6, 4), (2, 2, 2), dict(GRAD_1D, padding_mode="circular")),
 ]
 
 
@@ -885,6 +888,27 @@ def test_chunked_batches_agree(impl, batch, monkeypatch, x64):
             np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_hybrid_kernel_gradient_is_chunked(monkeypatch, x64):
+    # hybrid's kernel gradient is im2col's chunked matmul (a scan over batch chunks in the
+    # gradient's jaxpr), its input gradient XLA's; both equal XLA's own gradients.
+    conv_module = importlib.import_module("jcnn.ops.conv")
+    x, k, b = rng_arrays(22, (5, 6, 5, 2), (3, 2, 2, 3), (3,))
+    kwargs = dict(strides=(1, 2), padding=1, padding_mode="reflect")
+
+    def loss(x, k, impl):
+        return jnp.sum(jnp.sin(conv(x, k, b, impl=impl, **kwargs)))
+
+    per_example = (6 * 3) * 6 * 2 * 8  # out pixels x taps x c_in x itemsize
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", 2 * per_example + 1)  # 2 examples a chunk
+    grad = jax.grad(loss, (0, 1))
+    prims = {str(e.primitive) for e in jax.make_jaxpr(grad, static_argnums=2)(x, k, "hybrid").jaxpr.eqns}
+    assert prims & {"scan", "while"}, prims
+    for got, want in zip(grad(x, k, "hybrid"), grad(x, k, "xla")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    only_x = jax.grad(loss)(x, k, "hybrid")  # a symbolic-zero kernel tangent: no im2col at all
+    np.testing.assert_allclose(only_x, jax.grad(loss)(x, k, "xla"), rtol=1e-12, atol=1e-12)
+
+
 def test_auto_impl_matches_xla():
     x, k, b = rng_arrays(19, (2, 6, 6, 2), (2, 2, 2, 4), (4,))
     np.testing.assert_allclose(conv(x, k, b, impl="auto", padding=1), conv(x, k, b, padding=1), rtol=1e-12)
@@ -893,7 +917,8 @@ def test_auto_impl_matches_xla():
 @pytest.mark.parametrize(
     "kernel_shape, dtype, backend, want",
     [
-        ((3, 3, 2, 4), jnp.float32, "cpu", "im2col"),
+        ((3, 3, 2, 4), jnp.float32, "cpu", "hybrid"),
+        ((3, 3, 1, 2), jnp.float32, "cpu", "im2col"),  # depthwise (groups = 2 = c_in)
         ((3, 3, 3, 2, 4), jnp.float64, "cpu", "im2col"),
         ((3, 3, 2, 4), jnp.bfloat16, "cpu", "xla"),  # issue 10: im2col is up to 10x slower there
         ((3, 3, 2, 4), jnp.float16, "cpu", "xla"),
@@ -903,7 +928,7 @@ def test_auto_impl_matches_xla():
 )
 def test_auto_impl_rule(kernel_shape, dtype, backend, want):
     d = len(kernel_shape) - 2
-    spec = shapes.conv_spec(kernel_shape[:d])
+    spec = shapes.conv_spec(kernel_shape[:d], groups=2 // kernel_shape[-2])
     geo = shapes.conv_geometry(spec, (2,) + (8,) * d + (2,), kernel_shape)
     assert conv_module().auto_impl(geo, backend, dtype) == want
 

@@ -88,8 +88,8 @@ def Conv(
       groups: feature groups (``groups == c_in``: depthwise).
       bias: add a learned per-channel bias.
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
-      impl: ``"xla"``, ``"direct"``, ``"im2col"`` (same numbers) or ``"auto"``; see
-        `jcnn.ops.conv`.
+      impl: ``"xla"``, ``"direct"``, ``"im2col"``, ``"hybrid"`` (same numbers) or ``"auto"``;
+        see `jcnn.ops.conv`.
       exact: raise at ``init`` when the windows do not tile the padded input exactly or leave
         input pixels unread (the message is `jcnn.shapes.explain_fit`'s, with a fix).
       kernel_init: ``(key, shape, dtype) -> array`` for the ``(*k, c_in // groups, K)`` kernel;

@@ -1,6 +1,6 @@
 """Pure, jit-able, vmap-able ops: convolution and pooling."""
 
-from jcnn.ops.conv import conv, conv_transpose
+from jcnn.ops.conv import auto_impl, conv, conv_transpose
 from jcnn.ops.pool import (
     adaptive_avg_pool,
     adaptive_max_pool,
@@ -15,6 +15,7 @@ from jcnn.ops.pool import (
 __all__ = [
     "conv",
     "conv_transpose",
+    "auto_impl",
     "max_pool",
     "avg_pool",
     "min_pool",

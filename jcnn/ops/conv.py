@@ -18,6 +18,11 @@ Implementations (``impl=``):
   kernel. A depthwise conv (``groups == c_in``) has no matmul to make: it sums the taps in one
   pass and has a hand-written backward (`_depthwise`), which supports reverse mode and
   forward-over-reverse (``jax.hessian``) but not plain forward mode (use ``"direct"`` there).
+* ``"hybrid"``: XLA's convolution for the forward pass and the input gradient, im2col's chunked
+  matmuls for the kernel gradient (a ``custom_jvp``: every autodiff mode works). On CPU, XLA's
+  forward and input-gradient convs are the fastest here, but its kernel-gradient conv is up to
+  7x slower than the matmuls once images and channels grow (28x28x64->64: 1.7 s vs 0.3 s at batch
+  128): `experiments/bench.py --suite convs`.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jcnn import checks, shapes
 from jcnn.shapes import ConvGeometry, ConvSpec, ConvTransposeGeometry, ConvTransposeSpec
 
-IMPLS = ("xla", "direct", "im2col")
+IMPLS = ("xla", "direct", "im2col", "hybrid")
 CHOICES = ("auto",) + IMPLS
 
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -307,26 +313,65 @@ def _conv_xla(
     return y.reshape(geo.out_shape)
 
 
+def _conv_xla_any_mode(x, kernel, geo: ConvGeometry, precision) -> jax.Array:
+    """XLA's conv for any padding mode: zeros pad inside lax, the others are padded first."""
+    if geo.padding_mode == "zeros":
+        return _conv_xla(x, kernel, geo, geo.padding, precision)
+    return _conv_xla(_pad(x, geo), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 3))
+def _hybrid(geo: ConvGeometry, x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
+    """XLA's conv, differentiated as XLA's conv in ``x`` and as the chunked im2col in ``kernel``.
+
+    The conv is bilinear, so its tangent is ``conv(x_dot, k) + conv(x, k_dot)``, each term linear
+    in its tangent; reverse mode transposes each term as written: the first into XLA's
+    input-gradient conv, the second into one patches-transpose-times-cotangent matmul per batch
+    chunk (the chunk's patches recomputed: `_chunked`'s checkpoint).
+    """
+    return _conv_xla_any_mode(x, kernel, geo, precision)
+
+
+@functools.partial(_hybrid.defjvp, symbolic_zeros=True)
+def _hybrid_jvp(geo, precision, primals, tangents):
+    x, kernel = primals
+    x_dot, k_dot = tangents
+    y = _conv_xla_any_mode(x, kernel, geo, precision)
+    terms = []
+    if not isinstance(x_dot, SymbolicZero):
+        terms.append(_conv_xla_any_mode(x_dot, kernel, geo, precision))
+    if not isinstance(k_dot, SymbolicZero):
+        terms.append(_chunked(_conv_im2col, _pad(x, geo), k_dot, geo, precision))
+    y_dot = functools.reduce(lax.add, terms) if terms else jnp.zeros_like(y)
+    return y, y_dot
+
+
 def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     """The implementation ``impl="auto"`` picks for a geometry (and dtype) on a backend.
 
-    The rule comes from ``experiments/bench.py`` (numbers in experiments/RESULTS.md):
+    The rule comes from ``experiments/bench.py --suite convs`` (every conv layer of the
+    benchmarked and zoo models at its in-model shape, forward + backward, each impl) and the
+    step tables (numbers in experiments/RESULTS.md):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
     * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
     * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
       are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
       6.6 ms at batch 2).
-    * CPU, 2-D and 3-D, float32/float64: ``"im2col"`` (depthwise convs take its tap-sum form
-      with the hand-written backward); XLA's CPU convolution *backward* pass is several times
-      slower than chunked matmuls.
+    * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
+      sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
+    * CPU, 2-D, float32/float64: ``"hybrid"``: XLA's forward and input-gradient convs are the
+      fastest here, its kernel-gradient conv is not (up to 7x slower than chunked matmuls).
+    * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or len(geo.kernel_size) == 1:
         return "xla"
     if dtype is not None and jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating):
         return "xla"
-    return "im2col"
+    if _is_depthwise(geo) or len(geo.kernel_size) == 3:
+        return "im2col"
+    return "hybrid"
 
 
 def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array:
@@ -334,10 +379,9 @@ def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array
     if impl == "auto":
         impl = auto_impl(geo, dtype=x.dtype)
     if impl == "xla":
-        if geo.padding_mode == "zeros":
-            y = _conv_xla(x, kernel, geo, geo.padding, precision)
-        else:
-            y = _conv_xla(_pad(x, geo), kernel, geo, ((0, 0),) * len(geo.kernel_size), precision)
+        y = _conv_xla_any_mode(x, kernel, geo, precision)
+    elif impl == "hybrid":
+        y = _hybrid(geo, x, kernel, precision)
     elif impl == "im2col" and _is_depthwise(geo):
         y = _conv_depthwise(_pad(x, geo), kernel, geo)
     else:
@@ -390,7 +434,7 @@ def conv(
       groups: feature groups; ``groups == c_in`` is a depthwise conv.
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
       impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend, shape and dtype),
-        ``"xla"``, ``"direct"`` or ``"im2col"``; all give the same numbers.
+        ``"xla"``, ``"direct"``, ``"im2col"`` or ``"hybrid"``; all give the same numbers.
       precision: the internal precision of the contraction, passed to ``lax`` (every impl):
         ``None`` means JAX's default, which for float32 is true float32 on CPU, TF32 on NVIDIA
         Ampere and newer GPUs, and one bfloat16 pass on TPU; ``"highest"`` (or
