@@ -540,8 +540,9 @@ def _build_step_contenders(model: str, batch: int, torch, quick: bool) -> dict[s
     opt = optax.adam(1e-3)
     build = jcnn_lenet if model == "lenet" else jcnn_resnet8
     out = {"jcnn": jcnn_step(build("auto"), xb, yb, opt)}
-    if not quick:  # the same step with another layer: skipped by the smoke run
+    if not quick:  # the same step with other conv impls: skipped by the smoke run
         out["jcnn impl=xla"] = jcnn_step(build("xla"), xb, yb, opt)
+        out["jcnn impl=im2col"] = jcnn_step(build("im2col"), xb, yb, opt)  # auto's pick until issue 10
     if model == "lenet":
         out["raw lax"] = lax_step(xb, yb, opt)
     flax = flax_models()

@@ -86,7 +86,7 @@ def test_resnet8_contenders_have_the_same_parameters(bench):
 
 
 @pytest.mark.slow  # about a minute of subprocesses: run once in CI by `python -m pytest -m slow`
-def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path):
+def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path, bench):
     # --xla-flags with a flag at its default value: the rerun-with-flags path runs, numbers don't move.
     flag = "--xla_cpu_multi_thread_eigen=true"
     cmd = [
@@ -130,6 +130,13 @@ def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path):
     assert layers["rows"][2]["input"] == [8, 14, 14, 20]
     assert {"jcnn", "raw lax"} | torch_cols <= set(layers["step"])
     assert "| **whole step** |" in (tmp_path / "layers.md").read_text()
+
+    convs = json.loads((tmp_path / "convs.json").read_text())
+    assert [r["case"] for r in convs["rows"]] == [c.name for c in bench.CONV_LAYERS[:2]]
+    first = convs["rows"][0]
+    assert first["input"] == [8, 28, 28, 1] and first["auto picks"] == "hybrid"
+    assert set(bench.CONV_LAYER_IMPLS) | torch_cols <= set(first)
+    assert "| LeNet conv2 5x5 14x14x20->50 |" in (tmp_path / "convs.md").read_text()
 
     flags = json.loads((tmp_path / "flags.json").read_text())
     assert flags["settings"] == {"default": "", "ynn-off": "--xla_cpu_experimental_ynn_fusion_type="}
