@@ -919,6 +919,7 @@ def test_auto_impl_matches_xla():
     [
         ((3, 3, 2, 4), jnp.float32, "cpu", "hybrid"),
         ((3, 3, 1, 2), jnp.float32, "cpu", "im2col"),  # depthwise (groups = 2 = c_in)
+        ((1, 1, 2, 4), jnp.float32, "cpu", "im2col"),  # 1x1
         ((3, 3, 3, 2, 4), jnp.float64, "cpu", "im2col"),
         ((3, 3, 2, 4), jnp.bfloat16, "cpu", "xla"),  # issue 10: im2col is up to 10x slower there
         ((3, 3, 2, 4), jnp.float16, "cpu", "xla"),
@@ -929,8 +930,20 @@ def test_auto_impl_matches_xla():
 def test_auto_impl_rule(kernel_shape, dtype, backend, want):
     d = len(kernel_shape) - 2
     spec = shapes.conv_spec(kernel_shape[:d], groups=2 // kernel_shape[-2])
-    geo = shapes.conv_geometry(spec, (2,) + (8,) * d + (2,), kernel_shape)
+    geo = shapes.conv_geometry(spec, (4096,) + (32,) * d + (2,), kernel_shape)  # a big call
     assert conv_module().auto_impl(geo, backend, dtype) == want
+
+
+def test_auto_impl_strided_2d_is_im2col():
+    geo = shapes.conv_geometry(shapes.conv_spec(3, strides=(2, 1)), (2, 8, 8, 2), (3, 3, 2, 4))
+    assert conv_module().auto_impl(geo, "cpu", jnp.float32) == "im2col"
+
+
+@pytest.mark.parametrize("batch, want", [((32,), "im2col"), ((128,), "hybrid"), ((2, 64), "hybrid")])
+def test_auto_impl_small_calls_take_im2col(batch, want):
+    # LeNet conv1 at 28x28: 0.78 MFLOPs an example, so 50 MFLOPs is crossed at 64 examples.
+    geo = shapes.conv_geometry(shapes.conv_spec(5, padding=2), batch + (28, 28, 1), (5, 5, 1, 20))
+    assert conv_module().auto_impl(geo, "cpu", jnp.float32) == want
 
 
 def conv_module():

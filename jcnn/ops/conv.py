@@ -360,8 +360,14 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
       6.6 ms at batch 2).
     * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
       sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
-    * CPU, 2-D, float32/float64: ``"hybrid"``: XLA's forward and input-gradient convs are the
-      fastest here, its kernel-gradient conv is not (up to 7x slower than chunked matmuls).
+    * CPU, 2-D, float32/float64, stride 1, kernel larger than 1x1: ``"hybrid"``: XLA's forward
+      and input-gradient convs are the fastest here, its kernel-gradient conv is not (up to 7x
+      slower than chunked matmuls).
+    * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
+    * CPU, 2-D, float32/float64, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call
+      (small images or batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes
+      3.8 ms with im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost
+      per call there.
     * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
     """
     backend = backend or jax.default_backend()
@@ -371,7 +377,17 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
         return "xla"
     if _is_depthwise(geo) or len(geo.kernel_size) == 3:
         return "im2col"
+    if any(s > 1 for s in geo.strides) or all(k == 1 for k in geo.kernel_size):
+        return "im2col"
+    if math.prod(geo.batch_shape) * geo.flops(bias=False) < HYBRID_MIN_FLOPS:
+        return "im2col"
     return "hybrid"
+
+
+# Below this many forward FLOPs per call, im2col beats hybrid on CPU (digits LeNet at batch 32:
+# 2 and 25 MFLOPs per conv, im2col 2.8x faster; LeNet conv1 at batch 128: 100 MFLOPs, hybrid
+# 1.5x faster: experiments/RESULTS.md).
+HYBRID_MIN_FLOPS = 50_000_000
 
 
 def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array:
