@@ -341,7 +341,12 @@ def _hybrid_jvp(geo, precision, primals, tangents):
     if not isinstance(x_dot, SymbolicZero):
         terms.append(_conv_xla_any_mode(x_dot, kernel, geo, precision))
     if not isinstance(k_dot, SymbolicZero):
-        terms.append(_chunked(_conv_im2col, _pad(x, geo), k_dot, geo, precision))
+        # conv(x, k_dot) is written as the JVP of the chunked im2col in the kernel (the same
+        # value, conv being linear in the kernel) so that JAX builds its scan with the kernel
+        # marked linear: jax < 0.7 cannot transpose a scan a custom_jvp rule built over a
+        # tangent it was not told is linear. Under jit the unused primal is dropped (DCE).
+        chunked = functools.partial(_chunked, _conv_im2col, _pad(x, geo), geo=geo, precision=precision)
+        terms.append(jax.jvp(chunked, (kernel,), (k_dot,))[1])
     y_dot = functools.reduce(lax.add, terms) if terms else jnp.zeros_like(y)
     return y, y_dot
 
