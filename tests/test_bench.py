@@ -22,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "experiments" / "bench.py"
+PROFILE = ROOT / "experiments" / "profile_step.py"
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,29 @@ def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path, bench):
     assert row["case"].startswith("5x5") and row["batch"] == 2
     assert {"lax", "auto", "xla"} | ({"torch"} if has_torch else set()) <= set(row["fwdbwd"])
     assert "| 5x5 32x32x3->32 | 2 |" in (tmp_path / "ops.md").read_text()
+
+
+def test_profile_step_attributes_the_step_to_its_layers():
+    # experiments/profile_step.py: a traced LeNet step at batch 4, read back per layer and phase.
+    sys.path.insert(0, str(PROFILE.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("jcnn_profile_step", PROFILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(PROFILE.parent))
+    res = module.profile("lenet", "im2col", batch=4, steps=2)
+    rows = {(r["layer"], r["phase"]): r for r in res["rows"]}
+    for key in [("serial[0] Conv", "forward"), ("serial[3] Conv", "forward"), ("serial[3] Conv", "backward"),
+                ("serial[7] Dense", "backward")]:  # fmt: skip
+        assert key in rows and rows[key]["ms"] > 0, sorted(rows)
+    assert res["step_ms_median"] > 0
+    assert "| serial[3] Conv | backward |" in module.markdown(res)
+    # the HLO reader: a tuple-shaped while loop is a container (its body is counted instead)
+    ops = module.hlo_ops("ENTRY %main (p: f32[2]) -> f32[2] {\n"
+                         "  %while.1 = (s32[], f32[2]{0}) while(%tuple.1), condition=%c, body=%b\n"
+                         '  ROOT %dot.2 = f32[2]{0} dot(%a, %b), metadata={op_name="jit(f)/serial[1]/Dense/dot_general"}\n'
+                         "}")  # fmt: skip
+    assert ops["while.1"]["opcode"] == "while" and ops["dot.2"]["opcode"] == "dot"
+    assert module.where(ops["dot.2"]["op_name"]) == ("serial[1] Dense", "forward")
+    assert module.where("jit(step)/transpose(jvp(serial[3]))/Conv/while/body/dot_general") == ("serial[3] Conv", "backward")

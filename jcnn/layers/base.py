@@ -239,6 +239,10 @@ def child_path(segment: str):
     parsed back out of a message. Only ``ValueError`` / ``TypeError`` (jcnn's errors) are
     rewritten, into the same class; anything else passes through unchanged.
 
+    The block is also a ``jax.named_scope``: the operations traced inside it carry the path in
+    their names (``serial[3]/Dense/dot_general`` in a jaxpr's name stack, the compiled HLO's
+    ``op_name`` metadata, and profiler traces; ``experiments/profile_step.py`` reads it).
+
     >>> with child_path("serial[3]"):
     ...     raise ValueError("Dense: input has 4 features.")
     Traceback (most recent call last):
@@ -246,7 +250,8 @@ def child_path(segment: str):
     ValueError: serial[3] Dense: input has 4 features.
     """
     try:
-        yield
+        with jax.named_scope(segment):
+            yield
     except (ValueError, TypeError) as exc:
         path = (segment, *getattr(exc, "jcnn_path", ()))
         message = getattr(exc, "jcnn_message", None)

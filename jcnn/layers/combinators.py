@@ -57,6 +57,13 @@ def apply_child(layer: Layer, params, state, x, *, key=None, train=False, batch_
     >>> apply_child(Relu(), (), (), -jnp.ones((4, 3)), batch_ndim=1)[0].shape
     (4, 3)
     """
+    if layer.children:  # a combinator: its children's paths (`child_path`) name their ops
+        return _apply_child(layer, params, state, x, key=key, train=train, batch_ndim=batch_ndim)
+    with jax.named_scope(layer.name):  # a leaf: profiles read `serial[3]/Conv/...`
+        return _apply_child(layer, params, state, x, key=key, train=train, batch_ndim=batch_ndim)
+
+
+def _apply_child(layer: Layer, params, state, x, *, key, train, batch_ndim: int):
     if layer.takes_batch:
         return layer.apply(params, state, x, key=key, train=train, batch_ndim=batch_ndim)
     if batch_ndim == 0:
