@@ -917,7 +917,7 @@ def test_auto_impl_matches_xla():
 @pytest.mark.parametrize(
     "kernel_shape, dtype, backend, want",
     [
-        ((3, 3, 2, 4), jnp.float32, "cpu", "hybrid"),
+        ((3, 3, 2, 4), jnp.float32, "cpu", "xla"),  # an image input (c_in <= 3)
         ((3, 3, 1, 2), jnp.float32, "cpu", "im2col"),  # depthwise (groups = 2 = c_in)
         ((1, 1, 2, 4), jnp.float32, "cpu", "im2col"),  # 1x1
         ((3, 3, 3, 2, 4), jnp.float64, "cpu", "im2col"),
@@ -939,10 +939,28 @@ def test_auto_impl_strided_2d_is_im2col():
     assert conv_module().auto_impl(geo, "cpu", jnp.float32) == "im2col"
 
 
-@pytest.mark.parametrize("batch, want", [((32,), "im2col"), ((128,), "hybrid"), ((2, 64), "hybrid")])
+@pytest.mark.parametrize("batch, want", [((32,), "im2col"), ((128,), "xla"), ((2, 64), "xla")])
 def test_auto_impl_small_calls_take_im2col(batch, want):
     # LeNet conv1 at 28x28: 0.78 MFLOPs an example, so 50 MFLOPs is crossed at 64 examples.
     geo = shapes.conv_geometry(shapes.conv_spec(5, padding=2), batch + (28, 28, 1), (5, 5, 1, 20))
+    assert conv_module().auto_impl(geo, "cpu", jnp.float32) == want
+
+
+@pytest.mark.parametrize(
+    "in_shape, kernel_shape, want",
+    [
+        ((28, 28, 1), (3, 3, 1, 32), "direct"),  # small_vgg's first layer
+        ((28, 28, 1), (5, 5, 1, 20), "xla"),  # LeNet conv1
+        ((32, 32, 3), (3, 3, 3, 16), "xla"),  # ResNet's RGB stem
+        ((16, 16, 32), (3, 3, 32, 32), "im2col"),  # 3x3 on a small image
+        ((7, 7, 128), (3, 3, 128, 128), "im2col"),
+        ((28, 28, 32), (3, 3, 32, 32), "hybrid"),  # 3x3 on a 28x28 image
+        ((14, 14, 20), (5, 5, 20, 50), "hybrid"),  # LeNet conv2: a 5x5 kernel
+    ],
+)
+def test_auto_impl_by_layer(in_shape, kernel_shape, want):
+    # The layer table's winners (experiments/bench.py --suite convs, batch 128).
+    geo = shapes.conv_geometry(shapes.conv_spec(kernel_shape[:2], padding="same"), (128,) + in_shape, kernel_shape)
     assert conv_module().auto_impl(geo, "cpu", jnp.float32) == want
 
 

@@ -355,8 +355,8 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     """The implementation ``impl="auto"`` picks for a geometry (and dtype) on a backend.
 
     The rule comes from ``experiments/bench.py --suite convs`` (every conv layer of the
-    benchmarked and zoo models at its in-model shape, forward + backward, each impl) and the
-    step tables (numbers in experiments/RESULTS.md):
+    benchmarked and zoo models at its in-model shape, forward + backward with a random output
+    gradient, each impl) and the step tables (numbers in experiments/RESULTS.md, session 5):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
     * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
@@ -365,15 +365,22 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
       6.6 ms at batch 2).
     * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
       sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
-    * CPU, 2-D, float32/float64, stride 1, kernel larger than 1x1: ``"hybrid"``: XLA's forward
-      and input-gradient convs are the fastest here, its kernel-gradient conv is not (up to 7x
-      slower than chunked matmuls).
-    * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
-    * CPU, 2-D, float32/float64, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call
-      (small images or batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes
-      3.8 ms with im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost
-      per call there.
     * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
+    * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
+    * CPU, 2-D, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call (small images or
+      batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes 3.8 ms with
+      im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost per call there.
+    * CPU, 2-D, stride 1, image inputs (``c_in <= 3``, a model's first layer, whose input
+      gradient is never taken): ``"direct"`` for one channel and kernels up to 3x3 (its
+      per-tap outer products: 5.2 ms vs 10-12 ms for a 28x28x1->32 layer at batch 128),
+      ``"xla"`` otherwise (LeNet's 5x5 conv1 10.1 ms vs 13.6-15.7, ResNet's 3x3 RGB stem
+      14.5 ms vs 18.4-54).
+    * CPU, 2-D, stride 1, kernels up to 3x3 on outputs smaller than 28x28: ``"im2col"`` (e.g.
+      8x8x64->64: 23.3 ms vs hybrid 32.4, XLA 33.2); XLA's convs pay a fixed cost per call
+      that small images do not amortise.
+    * CPU, 2-D, stride 1, larger kernels or images: ``"hybrid"``: XLA's forward and
+      input-gradient convs are the fastest there, its kernel-gradient conv is not (up to 7x
+      slower than chunked matmuls).
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or len(geo.kernel_size) == 1:
@@ -386,12 +393,17 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
         return "im2col"
     if math.prod(geo.batch_shape) * geo.flops(bias=False) < HYBRID_MIN_FLOPS:
         return "im2col"
+    taps = math.prod(geo.kernel_size)
+    if geo.in_channels <= 3:
+        return "direct" if geo.in_channels == 1 and taps <= 9 else "xla"
+    if taps <= 9 and math.prod(geo.out_spatial) < 28 * 28:
+        return "im2col"
     return "hybrid"
 
 
-# Below this many forward FLOPs per call, im2col beats hybrid on CPU (digits LeNet at batch 32:
-# 2 and 25 MFLOPs per conv, im2col 2.8x faster; LeNet conv1 at batch 128: 100 MFLOPs, hybrid
-# 1.5x faster: experiments/RESULTS.md).
+# Below this many forward FLOPs per call, im2col beats XLA's convs on CPU (the main job's digits
+# LeNet at batch 32, 2 and 25 MFLOPs per conv: a whole train step 2.8x faster with im2col than
+# with hybrid; experiments/RESULTS.md).
 HYBRID_MIN_FLOPS = 50_000_000
 
 
