@@ -424,8 +424,11 @@ def _ce(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def jcnn_step(layer: L.Layer, xb, yb, opt) -> Contender:
-    """jcnn's train step written from the public API: ``batched(layer)``, value_and_grad, optax."""
+def jcnn_step(layer: L.Layer, xb, yb, opt, compiler_options=None) -> Contender:
+    """jcnn's train step written from the public API: ``batched(layer)``, value_and_grad, optax.
+
+    ``compiler_options`` go to this step's ``jax.jit`` only (e.g. `jcnn.train.xla_cpu_ynn_off`).
+    """
     net = L.batched(layer)
     _, params, state = net.init(jax.random.key(0), tuple(xb.shape))
     opt_state = jax.jit(opt.init)(params)
@@ -439,7 +442,7 @@ def jcnn_step(layer: L.Layer, xb, yb, opt) -> Contender:
         updates, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, updates), state, opt_state, loss
 
-    step = jax.jit(step, donate_argnums=(0, 1, 2))
+    step = jax.jit(step, donate_argnums=(0, 1, 2), compiler_options=compiler_options or None)
     carry = [params, state, opt_state]
     x, y = jnp.asarray(xb), jnp.asarray(yb)
 
@@ -448,7 +451,10 @@ def jcnn_step(layer: L.Layer, xb, yb, opt) -> Contender:
         carry[:] = out[:-1]
         return block(out[-1])
 
-    return Contender(run, param_count(params), "batched(model), jit, donated state")
+    how = "batched(model), jit, donated state"
+    if compiler_options:
+        how += ", jit compiler_options " + ", ".join(f"{k}={v!r}" for k, v in compiler_options.items())
+    return Contender(run, param_count(params), how)
 
 
 def lax_step(xb, yb, opt) -> Contender:
@@ -543,6 +549,10 @@ def _build_step_contenders(model: str, batch: int, torch, quick: bool) -> dict[s
     if not quick:  # the same step with other conv impls: skipped by the smoke run
         out["jcnn impl=xla"] = jcnn_step(build("xla"), xb, yb, opt)
         out["jcnn impl=im2col"] = jcnn_step(build("im2col"), xb, yb, opt)  # auto's pick until issue 10
+        ynn_off = jcnn.train.xla_cpu_ynn_off()  # {} where this XLA has no YNN fusions, or off CPU
+        if ynn_off:  # the per-step opt-in (experiments/train.py --xla-cpu-ynn-off)
+            out["jcnn, ynn off"] = jcnn_step(build("auto"), xb, yb, opt, ynn_off)
+            out["jcnn impl=xla, ynn off"] = jcnn_step(build("xla"), xb, yb, opt, ynn_off)
     if model == "lenet":
         out["raw lax"] = lax_step(xb, yb, opt)
     flax = flax_models()

@@ -142,6 +142,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="bfloat16: mixed precision (bf16 convs and matmuls, float32 params, optimizer state and loss)",
     )
     p.add_argument(
+        "--conv-impl",
+        choices=["xla", "direct", "im2col", "hybrid"],
+        default=None,
+        help="the impl every impl='auto' conv of the model uses in the train and eval steps "
+        "(jcnn.ops.auto_as); default: auto's per-layer pick. --conv-impl xla --xla-cpu-ynn-off is the "
+        "fastest LeNet/ResNet-8 step on a 2-core CPU (experiments/RESULTS.md)",
+    )
+    p.add_argument(
+        "--xla-cpu-ynn-off",
+        action="store_true",
+        help="compile the train and eval steps with XLA CPU's classic convolutions instead of its "
+        "YNNPACK fusions (jcnn.train.xla_cpu_ynn_off: per step, not process-wide; faster for small "
+        "convnets on CPU, slower for depthwise and 3-D convs; experiments/RESULTS.md)",
+    )
+    p.add_argument(
         "--tta",
         choices=["flip"],
         default=None,
@@ -352,6 +367,9 @@ def main(argv=None) -> int:
             flush=True,
         )
 
+    compiler_options = train.xla_cpu_ynn_off() if args.xla_cpu_ynn_off else None
+    if args.xla_cpu_ynn_off:
+        say(f"step compiler options: {compiler_options or 'none (no YNN fusions in this XLA, or not a CPU)'}")
     t0 = time.perf_counter()
     try:
         result = train.fit(
@@ -371,6 +389,8 @@ def main(argv=None) -> int:
             augment=build_augment(args.augment),
             label_smoothing=args.label_smoothing,
             compute_dtype=args.compute_dtype,
+            compiler_options=compiler_options,
+            conv_impl=args.conv_impl,
             progress=not args.no_progress,
             on_epoch_end=report,
         )
@@ -413,7 +433,10 @@ def main(argv=None) -> int:
         from jcnn.augment import flip_horizontal
 
         views = (unchanged, flip_horizontal)
-        step = train.make_eval_step(model, views=views, precision=args.precision, compute_dtype=args.compute_dtype)
+        step = train.make_eval_step(
+            model, views=views, precision=args.precision, compute_dtype=args.compute_dtype,
+            compiler_options=compiler_options, conv_impl=args.conv_impl,
+        )  # fmt: skip
         tta = train.evaluate(step, result.state, *ds.test)
         say(f"test accuracy with flip TTA (mean probabilities of each image and its mirror): {tta['accuracy']:.4f}")
     say(f"test accuracy: {last['test_accuracy']:.4f}")

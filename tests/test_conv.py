@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from jcnn import shapes
+from jcnn import ops, shapes
 from jcnn.ops import conv, conv_transpose
 from jcnn.shapes import ShapeError
 
@@ -962,6 +962,28 @@ def test_auto_impl_by_layer(in_shape, kernel_shape, want):
     # The layer table's winners (experiments/bench.py --suite convs, batch 128).
     geo = shapes.conv_geometry(shapes.conv_spec(kernel_shape[:2], padding="same"), (128,) + in_shape, kernel_shape)
     assert conv_module().auto_impl(geo, "cpu", jnp.float32) == want
+
+
+def test_auto_as_overrides_auto_inside_its_block_only():
+    x, k = rng_arrays(23, (2, 6, 6, 2), (3, 3, 2, 4))
+
+    def prims(f):  # a fresh function each time: JAX caches traces per function, not per scope
+        return {e.primitive.name for e in jax.make_jaxpr(lambda x, k: f(x, k))(x, k).eqns}
+
+    auto = functools.partial(conv, padding=1)  # a small call: auto picks im2col (no lax conv)
+    assert "conv_general_dilated" not in prims(auto)
+    with ops.auto_as("xla"):
+        assert "conv_general_dilated" in prims(auto)
+        assert "conv_general_dilated" not in prims(functools.partial(conv, padding=1, impl="im2col"))
+        with ops.auto_as("direct"):
+            assert "conv_general_dilated" not in prims(auto)
+        assert "conv_general_dilated" in prims(auto)
+    assert "conv_general_dilated" not in prims(auto)
+    with ops.auto_as("xla"):
+        np.testing.assert_allclose(jax.jit(auto)(x, k), conv(x, k, padding=1, impl="im2col"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"auto_as: `impl` must be one of"):
+        with ops.auto_as("auto"):
+            pass
 
 
 def conv_module():

@@ -159,6 +159,35 @@ def test_precision_is_traced_into_the_step(precision):
     assert ("HIGHEST" in ev.lower(state, x, y, batch_size=4).as_text()) == (precision == "highest")
 
 
+def test_conv_impl_and_compiler_options_reach_the_step():
+    """`conv_impl=` is traced into both steps (jcnn.ops.auto_as); `compiler_options=` goes to
+    their jax.jit (issue 10, item 4); both are part of the step cache's key."""
+    from jcnn.layers import Conv
+
+    model, opt = serial(Conv(4, 3, padding=1), Relu(), Flatten(), Dense(10)), optax.sgd(0.1)
+    state = train.init_state(model, opt, 0, (8, 8, 1))
+    x, y = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32), np.arange(4, dtype=np.int32)
+    auto = train.make_train_step(model, opt, donate=False)  # a small call: auto picks im2col
+    xla = train.make_train_step(model, opt, donate=False, conv_impl="xla")
+    assert "convolution" not in auto.lower(state, x, y).as_text()
+    assert "convolution" in xla.lower(state, x, y).as_text() and xla is not auto
+    ev = train.make_eval_step(model, conv_impl="xla")
+    assert "convolution" in ev.lower(state, x, y, batch_size=4).as_text()
+    (s1, m1), (s2, m2) = auto(state, x, y), xla(state, x, y)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1.params, s2.params)
+
+    opts = train.xla_cpu_ynn_off()
+    assert opts in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})  # {}: this XLA has no YNN
+    off = train.make_train_step(model, opt, donate=False, compiler_options=opts)
+    assert train.make_train_step(model, opt, donate=False, compiler_options=dict(opts)) is off
+    np.testing.assert_allclose(off(state, x, y)[1]["loss"], m1["loss"], rtol=1e-5)
+    with pytest.raises(TypeError, match=r"make_train_step: `compiler_options` must be None or a dict"):
+        train.make_train_step(model, opt, compiler_options=["xla_cpu_experimental_ynn_fusion_type"])
+    with pytest.raises(ValueError, match=r"make_eval_step: `conv_impl`"):
+        train.make_eval_step(model, conv_impl="cudnn")
+
+
 def test_import_jcnn_ops_does_not_import_the_training_stack():
     """`import jcnn.ops` / `jcnn.shapes` must not pay for optax, flax and orbax (issue 9)."""
     code = (

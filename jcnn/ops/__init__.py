@@ -1,6 +1,6 @@
 """Pure, jit-able, vmap-able ops: convolution and pooling."""
 
-from jcnn.ops.conv import auto_impl, conv, conv_transpose
+from jcnn.ops.conv import auto_as, auto_impl, conv, conv_transpose
 from jcnn.ops.pool import (
     adaptive_avg_pool,
     adaptive_max_pool,
@@ -16,6 +16,7 @@ __all__ = [
     "conv",
     "conv_transpose",
     "auto_impl",
+    "auto_as",
     "max_pool",
     "avg_pool",
     "min_pool",

@@ -27,6 +27,8 @@ Implementations (``impl=``):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
@@ -401,6 +403,36 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     return "hybrid"
 
 
+_AUTO_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar("jcnn_auto_as", default=None)
+
+
+@contextlib.contextmanager
+def auto_as(impl: str):
+    """Convs traced inside the block with ``impl="auto"`` use ``impl`` instead of `auto_impl`'s pick.
+
+    A trace-time setting read when a conv is traced: put the block inside the function being
+    traced (``make_train_step(conv_impl=...)`` and ``fit(conv_impl=...)`` do). Unlike
+    ``jax.default_matmul_precision`` it is not part of JAX's trace-cache key, so a function
+    already traced (``jax.jit``, ``make_jaxpr``) outside the block is not retraced inside it.
+    Convs given an explicit impl keep it. It is for a compilation the rule does not
+    know about: with `jcnn.train.xla_cpu_ynn_off` XLA's classic convs win the LeNet and ResNet-8
+    steps, so ``auto_as("xla")`` there (but XLA's depthwise convs are 10-30x slower than
+    im2col's on CPU: not for MobileNets).
+
+    >>> x, k = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 4))
+    >>> with auto_as("direct"):
+    ...     eqns = jax.make_jaxpr(lambda x, k: conv(x, k))(x, k).eqns
+    >>> any(e.primitive.name == "conv_general_dilated" for e in eqns)
+    False
+    """
+    impl = checks.one_of(impl, IMPLS, "auto_as", "impl")
+    token = _AUTO_AS.set(impl)
+    try:
+        yield
+    finally:
+        _AUTO_AS.reset(token)
+
+
 # Below this many forward FLOPs per call, im2col beats XLA's convs on CPU (the main job's digits
 # LeNet at batch 32, 2 and 25 MFLOPs per conv: a whole train step 2.8x faster with im2col than
 # with hybrid; experiments/RESULTS.md).
@@ -410,7 +442,7 @@ HYBRID_MIN_FLOPS = 50_000_000
 def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array:
     """The convolution itself, on checked operands and their concrete geometry."""
     if impl == "auto":
-        impl = auto_impl(geo, dtype=x.dtype)
+        impl = _AUTO_AS.get() or auto_impl(geo, dtype=x.dtype)
     if impl == "xla":
         y = _conv_xla_any_mode(x, kernel, geo, precision)
     elif impl == "hybrid":

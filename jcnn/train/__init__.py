@@ -42,6 +42,7 @@ from jcnn.train.steps import (
     make_eval_step,
     make_mesh,
     make_train_step,
+    xla_cpu_ynn_off,
 )
 
 #: The name of the checkpoint folder inside ``out_dir`` (was the single file
@@ -71,6 +72,7 @@ __all__ = [
     "make_mesh",
     "make_train_step",
     "make_eval_step",
+    "xla_cpu_ynn_off",
     "evaluate",
     "fit",
     "run_identity",

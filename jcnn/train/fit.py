@@ -109,6 +109,8 @@ def fit(
     augment=None,
     label_smoothing: float = 0.0,
     compute_dtype=None,
+    compiler_options: Mapping[str, Any] | None = None,
+    conv_impl: str | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> FitResult:
@@ -169,6 +171,11 @@ def fit(
             is the smoothed one; the test loss is the plain cross-entropy).
         compute_dtype: None or ``"float32"``, or ``"bfloat16"`` for mixed precision: bfloat16
             convolutions and matmuls, float32 params, optimizer state and loss (train and test).
+        compiler_options: None or XLA options for the train and eval steps' ``jax.jit``, e.g.
+            `jcnn.train.xla_cpu_ynn_off()` (faster convs on CPU at small sizes; results agree
+            to float rounding, so resume with the setting the run started with).
+        conv_impl: None, or the impl the model's ``impl="auto"`` convs use in both steps
+            (`jcnn.ops.auto_as`; same numbers to float rounding, as for ``compiler_options``).
         progress: show a tqdm progress bar per epoch (loss, accuracy, images/s).
         on_epoch_end: called with each new history row.
 
@@ -196,6 +203,7 @@ def fit(
         model, optimizer, dataset, epochs=epochs, batch_size=batch_size, seed=seed, hparams=hparams,
         precision=precision, eval_batch_size=eval_batch_size, devices=devices,
         checkpoint_every=checkpoint_every, recipe=(augment, label_smoothing, compute_dtype),
+        compiler_options=compiler_options, conv_impl=conv_impl,
     )  # fmt: skip
     resume = as_bool(resume, "fit", "resume")
     primary = jax.process_index() == 0  # with several processes, only process 0 shows a bar
@@ -219,7 +227,7 @@ def fit(
 
 def _prepare(
     model, optimizer, dataset, *, epochs, batch_size, seed, hparams, precision, eval_batch_size, devices,
-    checkpoint_every, recipe,
+    checkpoint_every, recipe, compiler_options, conv_impl,
 ) -> _Run:  # fmt: skip
     """Check every argument and the data, build the steps, the initial state and the run's identity."""
     where = "fit"
@@ -248,11 +256,15 @@ def _prepare(
         )
     train_step = make_train_step(
         model, optimizer, devices=devices, precision=precision, augment=augment,
-        label_smoothing=label_smoothing, compute_dtype=compute_dtype,
+        label_smoothing=label_smoothing, compute_dtype=compute_dtype, compiler_options=compiler_options,
+        conv_impl=conv_impl,
     )  # fmt: skip
     train_step.check_batch(batch_size, where)
     eval_step = (
-        make_eval_step(model, devices=devices, precision=precision, compute_dtype=compute_dtype)
+        make_eval_step(
+            model, devices=devices, precision=precision, compute_dtype=compute_dtype,
+            compiler_options=compiler_options, conv_impl=conv_impl,
+        )  # fmt: skip
         if test is not None
         else None
     )

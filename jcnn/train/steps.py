@@ -27,6 +27,15 @@ Training recipe (issue 13):
     its gradients underflow. Mixed precision is for GPUs and TPUs: XLA's CPU backend has no fast
     bfloat16 convolutions (a small VGG's step took 1.5x the float32 time on a 2-core CPU).
 
+XLA compiler options (issue 10, item 4):
+    ``compiler_options=`` (a dict of XLA option names to values) is passed to the step's own
+    ``jax.jit``: it changes how that one step compiles, never the process's other programs (no
+    ``XLA_FLAGS``). `xla_cpu_ynn_off` gives the one measured to pay: XLA CPU's classic
+    convolutions and dots instead of its YNNPACK fusions, 0.73x the LeNet step's time with
+    ``impl="xla"`` convs on a 2-core CPU (experiments/RESULTS.md, session 5). Results agree with
+    the default compilation to float rounding, not bit for bit: resume a run with the setting it
+    started with.
+
 Precision:
     ``precision=None`` leaves matmul and conv precision to JAX (on recent NVIDIA GPUs float32
     matmuls then run in TF32, on TPUs in bfloat16 passes); ``"high"`` or ``"highest"`` traces
@@ -37,8 +46,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +59,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jcnn import data as jdata
 from jcnn.checks import as_int, one_of
 from jcnn.layers import Layer, batched
+from jcnn.ops.conv import IMPLS as CONV_IMPLS
+from jcnn.ops.conv import auto_as
 from jcnn.train.distributed import process_rows
 from jcnn.train.state import TrainState, check_model, check_optimizer
 
@@ -62,6 +74,8 @@ __all__ = [
     "make_eval_step",
     "evaluate",
     "check_precision",
+    "check_compiler_options",
+    "xla_cpu_ynn_off",
     "COMPUTE_DTYPES",
 ]
 
@@ -75,6 +89,53 @@ PRECISIONS = ("default", "high", "highest")
 def check_precision(precision, where: str) -> str | None:
     """``None`` or one of `PRECISIONS`."""
     return None if precision is None else one_of(precision, PRECISIONS, where, "precision")
+
+
+def check_compiler_options(options, where: str) -> tuple:
+    """``compiler_options`` as a sorted tuple of ``(name, value)`` pairs (hashable: steps are cached)."""
+    if options is None:
+        return ()
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise TypeError(
+            f"{where}: `compiler_options` must be None or a dict of XLA option names to values (e.g."
+            f" jcnn.train.xla_cpu_ynn_off()), got {options!r}."
+        )
+    return tuple(sorted(options.items()))
+
+
+_YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _ynn_option_known() -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_YNN_OFF).lower(np.float32(1)).compile()
+    except Exception as exc:  # jaxlib raises its own XlaRuntimeError
+        if "No such compile option" in str(exc):
+            return False
+        raise
+    return True
+
+
+def xla_cpu_ynn_off() -> dict:
+    """``compiler_options`` that compile a step with XLA CPU's classic kernels, not YNNPACK's.
+
+    Recent XLA CPU releases route convolutions and dots through YNNPACK fusions; at the
+    lecture's sizes its classic (Eigen) convolutions are faster: on a 2-core CPU the LeNet train
+    step (batch 128) took 74.5 ms instead of 102.2 with ``impl="xla"`` convs and 84.9 instead of
+    103.1 with ``impl="auto"``, ResNet-8's 229.9 instead of 326.7 (``"xla"``; experiments/bench.py
+    --suite steps, RESULTS.md session 5). It is not a default:
+    XLA's depthwise and 3-D convs were 3-6x slower with it (issue 10), and it is one setting
+    of one XLA release. Returns ``{}`` (nothing to change) off CPU and where the installed XLA
+    has no YNN fusions (jaxlib 0.6).
+
+    >>> opts = xla_cpu_ynn_off()
+    >>> opts in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    True
+    """
+    if jax.default_backend() != "cpu" or not _ynn_option_known():
+        return {}
+    return dict(_YNN_OFF)
 
 
 def check_recipe(augment, label_smoothing, compute_dtype, where: str):
@@ -120,6 +181,15 @@ def _like(tree, reference):
 
 def _precision_scope(precision: str | None):
     return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
+
+
+def _conv_scope(conv_impl: str | None):
+    return contextlib.nullcontext() if conv_impl is None else auto_as(conv_impl)
+
+
+def check_conv_impl(conv_impl, where: str) -> str | None:
+    """``None`` or one of the conv impls (``jcnn.ops.conv``'s ``IMPLS``)."""
+    return None if conv_impl is None else one_of(conv_impl, CONV_IMPLS, where, "conv_impl")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -290,6 +360,8 @@ def make_train_step(
     augment=None,
     label_smoothing: float = 0.0,
     compute_dtype=None,
+    compiler_options: Mapping | None = None,
+    conv_impl: str | None = None,
 ) -> TrainStep:
     """Build the jitted train step: forward, softmax cross-entropy, gradients, optax update.
 
@@ -312,6 +384,10 @@ def make_train_step(
         label_smoothing: in ``[0, 1)``; 0 trains on the integer labels as they are.
         compute_dtype: None or ``"float32"`` (everything float32), or ``"bfloat16"``: mixed
             precision (module docstring).
+        compiler_options: None or XLA options for this step's ``jax.jit`` (module docstring;
+            `xla_cpu_ynn_off`).
+        conv_impl: None, or the impl every ``impl="auto"`` conv of the model uses in this step
+            (`jcnn.ops.auto_as`), e.g. ``"xla"`` with `xla_cpu_ynn_off` on CPU.
 
     Returns:
         A `TrainStep` ``step(state, x (n, h, w, c) float32, y (n,) int32) -> (state, metrics)``.
@@ -337,19 +413,22 @@ def make_train_step(
     check_optimizer(optimizer, where)
     precision = check_precision(precision, where)
     recipe = check_recipe(augment, label_smoothing, compute_dtype, where)
+    options = check_compiler_options(compiler_options, where)
+    conv_impl = check_conv_impl(conv_impl, where)
     return _cached(
-        _build_train_step, model, optimizer, _device_tuple(devices), bool(donate), precision, *recipe
-    )
+        _build_train_step, model, optimizer, _device_tuple(devices), bool(donate), precision, *recipe, options,
+        conv_impl,
+    )  # fmt: skip
 
 
 def _build_train_step(
-    model, optimizer, devices, donate, precision, augment, label_smoothing, compute_dtype
+    model, optimizer, devices, donate, precision, augment, label_smoothing, compute_dtype, options, conv_impl
 ) -> TrainStep:
     apply = batched(model).apply
     placement = Placement(devices)
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
-        with _precision_scope(precision):  # read by every dot/conv traced below
+        with _precision_scope(precision), _conv_scope(conv_impl):  # read by every dot/conv traced below
             return _train_step(state, x, y)
 
     def _train_step(state: TrainState, x: jax.Array, y: jax.Array):
@@ -385,6 +464,7 @@ def _build_train_step(
         in_shardings=(placement.replicated, placement.batch_sharding, placement.batch_sharding),
         out_shardings=(placement.replicated, placement.replicated),
         donate_argnums=(0,) if donate else (),
+        compiler_options=dict(options) or None,
     )
     return TrainStep(jitted, placement, precision)
 
@@ -430,6 +510,8 @@ def make_eval_step(
     precision: str | None = None,
     compute_dtype=None,
     views: Sequence | None = None,
+    compiler_options: Mapping | None = None,
+    conv_impl: str | None = None,
 ) -> EvalStep:
     """Build the jitted evaluation step: forward with ``train=False``, masked sums of loss and hits.
 
@@ -442,6 +524,7 @@ def make_eval_step(
             on the batch ``(n, h, w, c)`` (e.g. ``(lambda x: x, jcnn.augment.flip_horizontal)``);
             the prediction is the mean of the softmax probabilities over the views, and the
             loss its negative log at the label.
+        compiler_options, conv_impl: as for `make_train_step`.
 
     Returns:
         An `EvalStep`; `evaluate` drives it over a whole dataset. As with `make_train_step`, the
@@ -458,15 +541,19 @@ def make_eval_step(
                 f"make_eval_step: `views` must be None or a non-empty sequence of functions images -> "
                 f"images, got {views!r}."
             )
-    return _cached(_build_eval_step, model, _device_tuple(devices), precision, compute_dtype, views)
+    options = check_compiler_options(compiler_options, "make_eval_step")
+    conv_impl = check_conv_impl(conv_impl, "make_eval_step")
+    return _cached(
+        _build_eval_step, model, _device_tuple(devices), precision, compute_dtype, views, options, conv_impl
+    )
 
 
-def _build_eval_step(model, devices, precision, compute_dtype, views) -> EvalStep:
+def _build_eval_step(model, devices, precision, compute_dtype, views, options, conv_impl) -> EvalStep:
     apply = batched(model).apply
     placement = Placement(devices)
 
     def eval_step(params, model_state, x, y, mask):
-        with _precision_scope(precision):
+        with _precision_scope(precision), _conv_scope(conv_impl):
             params, x = _cast((params, x), compute_dtype)
             if views is None:
                 logits = apply(params, model_state, x, key=None, train=False)[0].astype(jnp.float32)
@@ -485,7 +572,9 @@ def _build_eval_step(model, devices, precision, compute_dtype, views) -> EvalSte
         }
 
     b, r = placement.batch_sharding, placement.replicated
-    jitted = jax.jit(eval_step, in_shardings=(r, r, b, b, b), out_shardings=r)
+    jitted = jax.jit(
+        eval_step, in_shardings=(r, r, b, b, b), out_shardings=r, compiler_options=dict(options) or None
+    )
     return EvalStep(jitted, placement, precision)
 
 
