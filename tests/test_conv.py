@@ -759,10 +759,11 @@ def test_depthwise_gradients(x_shape, kernel_shape, kwargs, monkeypatch, x64):
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl} {kwargs}")
     f = functools.partial(conv, impl="im2col", **kwargs)
-    check_grads(f, (x, k, b), order=2, modes=["rev"])
+    check_grads(jax.jit(f), (x, k, b), order=2, modes=["rev"])  # jit: compiled once, not op by op
     # forward-over-reverse (jax.hessian) works; plain forward mode is JAX's custom_vjp error.
-    h = jax.hessian(lambda k: loss(x, k, b, "im2col"))(k)
-    np.testing.assert_allclose(h, jax.hessian(lambda k: loss(x, k, b, "direct"))(k), rtol=1e-12, atol=1e-12)
+    h = jax.jit(jax.hessian(lambda k: loss(x, k, b, "im2col")))(k)
+    want_h = jax.jit(jax.hessian(lambda k: loss(x, k, b, "direct")))(k)
+    np.testing.assert_allclose(h, want_h, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(f, (x, k, b), (x, k, b))
 
