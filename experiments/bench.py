@@ -424,10 +424,13 @@ def _ce(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def jcnn_step(layer: L.Layer, xb, yb, opt, compiler_options=None) -> Contender:
+def jcnn_train_step(layer: L.Layer, xb, yb, opt, compiler_options=None):
     """jcnn's train step written from the public API: ``batched(layer)``, value_and_grad, optax.
 
     ``compiler_options`` go to this step's ``jax.jit`` only (e.g. `jcnn.train.xla_cpu_ynn_off`).
+    Returns ``(step, args, run)``: the jitted step, its first arguments ``(params, state,
+    opt_state, x, y)`` (lower it with them before ``run``: the state is donated), and a blocking
+    call of one step that carries the state on.
     """
     net = L.batched(layer)
     _, params, state = net.init(jax.random.key(0), tuple(xb.shape))
@@ -451,10 +454,16 @@ def jcnn_step(layer: L.Layer, xb, yb, opt, compiler_options=None) -> Contender:
         carry[:] = out[:-1]
         return block(out[-1])
 
+    return step, (params, state, opt_state, x, y), run
+
+
+def jcnn_step(layer: L.Layer, xb, yb, opt, compiler_options=None) -> Contender:
+    """`jcnn_train_step` as a contender."""
+    _, args, run = jcnn_train_step(layer, xb, yb, opt, compiler_options)
     how = "batched(model), jit, donated state"
     if compiler_options:
         how += ", jit compiler_options " + ", ".join(f"{k}={v!r}" for k, v in compiler_options.items())
-    return Contender(run, param_count(params), how)
+    return Contender(run, param_count(args[0]), how)
 
 
 def lax_step(xb, yb, opt) -> Contender:

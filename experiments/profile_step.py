@@ -3,8 +3,8 @@
     python experiments/profile_step.py                          # LeNet, batch 128, impl="auto"
     python experiments/profile_step.py --model resnet8 --impl xla --steps 10
 
-The step is bench.py's (``batched(model)``, ``jax.value_and_grad``, ``optax.adam``, jit with
-donated state). A few steps run under ``jax.profiler.trace``; the trace is read back with
+The step is bench.py's (`bench.jcnn_train_step`: ``batched(model)``, ``jax.value_and_grad``,
+``optax.adam``, jit with donated state). A few steps run under ``jax.profiler.trace``; the trace is read back with
 ``jax.profiler.ProfileData`` (no TensorBoard needed) and every executed XLA operation is
 attributed to a layer through the compiled program's ``op_name`` metadata: jcnn's combinators
 wrap each child in a ``jax.named_scope`` (``serial[3]/Conv/...``, see
@@ -30,48 +30,22 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the models and their data, as the benchmark runs them)
 
-import jcnn.layers as L  # noqa: E402
-
 CONTAINERS = {"while", "call", "conditional"}
 SCOPE = re.compile(r"((?:\w+\[\d+\]/)+)(\w+)")  # serial[3]/ ... /Conv
 
 
 def build_step(model: str, impl: str, batch: int):
-    """The jitted step, its arguments, and a runner that keeps the donated state flowing."""
+    """A runner of bench.py's jcnn step (the state carried on) and its compiled HLO text."""
     layer = bench.jcnn_lenet(impl) if model == "lenet" else bench.jcnn_resnet8(impl)
-    net = L.batched(layer)
     xb, yb = bench.batch_data(model, batch)
-    _, params, state = net.init(jax.random.key(0), tuple(xb.shape))
-    opt = optax.adam(1e-3)
-    opt_state = jax.jit(opt.init)(params)
-
-    def loss_fn(params, state, x, y):
-        logits, state = net.apply(params, state, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
-
-    def step(params, state, opt_state, x, y):
-        (loss, state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
-        updates, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, loss
-
-    step = jax.jit(step, donate_argnums=(0, 1, 2))
-    x, y = jnp.asarray(xb), jnp.asarray(yb)
-    hlo = step.lower(params, state, opt_state, x, y).compile().as_text()
-    carry = [params, state, opt_state]
-
-    def run():
-        out = step(*carry, x, y)
-        carry[:] = out[:-1]
-        jax.block_until_ready(out[-1])
-
-    return run, hlo
+    step, args, run = bench.jcnn_train_step(layer, xb, yb, optax.adam(1e-3))
+    return run, step.lower(*args).compile().as_text()
 
 
 def hlo_ops(hlo: str) -> dict[str, dict]:

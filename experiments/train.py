@@ -73,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "/usr/share/datasets/fashion-mnist; required for mnist and cifar10)",
     )
     from jcnn.models import MODELS  # jcnn.models touches no device: jax.distributed may still start
+    from jcnn.ops.conv import IMPLS as CONV_IMPLS
 
     p.add_argument("--model", choices=sorted(MODELS), default="lenet", help="a jcnn.models constructor")
     p.add_argument(
@@ -143,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--conv-impl",
-        choices=["xla", "direct", "im2col", "hybrid"],
+        choices=CONV_IMPLS,
         default=None,
         help="the impl every impl='auto' conv of the model uses in the train and eval steps "
         "(jcnn.ops.auto_as); default: auto's per-layer pick. --conv-impl xla --xla-cpu-ynn-off is the "
