@@ -994,8 +994,14 @@ def markdown_convs(res: dict) -> str:
         cells.append(f"{med['auto'] / min(torch_t):.2f}" if torch_t else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if all("torch NCHW" in r for r in rows):
-        ratios = [min(r[c]["median_ms"] for c in cols if c.startswith("torch")) / r["auto"]["median_ms"] for r in rows]
-        lines += ["", f"auto vs PyTorch's best layout (speed): geomean {geomean(ratios):.2f}x, worst {min(ratios):.2f}x"]
+        ratios = [
+            min(r[c]["median_ms"] for c in cols if c.startswith("torch")) / r["auto"]["median_ms"]
+            for r in rows
+        ]
+        lines += [
+            "",
+            f"auto vs PyTorch's best layout (speed): geomean {geomean(ratios):.2f}x, worst {min(ratios):.2f}x",
+        ]
     lines.append("")
     return "\n".join(lines)
 

@@ -60,10 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--widths", type=int, nargs="+", default=(16, 32), help="channels of each stage")
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant: --seed, --seed + 1, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", default=",".join(DOWNSAMPLES), help="comma-separated subset of " + ", ".join(DOWNSAMPLES))
-    p.add_argument("--noise", type=float, nargs="+", default=(0.1, 0.2, 0.3), help="std of the additive noise")
+    p.add_argument(
+        "--variants",
+        default=",".join(DOWNSAMPLES),
+        help="comma-separated subset of " + ", ".join(DOWNSAMPLES),
+    )
+    p.add_argument(
+        "--noise", type=float, nargs="+", default=(0.1, 0.2, 0.3), help="std of the additive noise"
+    )
     p.add_argument("--shifts", type=int, nargs="+", default=(1, 2, 3, 4), help="translations, pixels")
-    p.add_argument("--robust-subset", type=int, default=5000, help="test images for the noise/shift evaluations")
+    p.add_argument(
+        "--robust-subset", type=int, default=5000, help="test images for the noise/shift evaluations"
+    )
     p.add_argument(
         "--record", default=os.path.join("runs", "fashion-mnist-small_vgg"),
         help="a train.py run folder of small_vgg to analyse for claim 3 (else the first max net here)",
@@ -73,7 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="pooling: claims 11-12 only (claims_pooling.json); features: claim 3 only, on --record (claims_features.json)",
     )  # fmt: skip
     p.add_argument("--out", default=os.path.join("runs", NAME), help="folder for the JSON and PNGs")
-    p.add_argument("--figures", default=None, help="also copy the PNGs here (RESULTS.md: experiments/figures)")
+    p.add_argument(
+        "--figures", default=None, help="also copy the PNGs here (RESULTS.md: experiments/figures)"
+    )
     p.add_argument("--quick", action="store_true", help="digits, 2 seeds, 2 epochs, narrow nets")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants.split(",") if v not in DOWNSAMPLES]
@@ -113,7 +123,9 @@ def perturbed_sets(images: np.ndarray, noise, shifts, seed: int) -> dict:
     directions = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.int32)
     pick = rng.integers(0, 4, len(images))
     for t in shifts:
-        out[f"shift:{t}"] = np.asarray(augment.translate(jnp.asarray(images), jnp.asarray(directions[pick] * t)))
+        out[f"shift:{t}"] = np.asarray(
+            augment.translate(jnp.asarray(images), jnp.asarray(directions[pick] * t))
+        )
     return out
 
 
@@ -154,7 +166,10 @@ def pooling_runs(args, ds, epochs: int, seeds: list) -> tuple[list, dict]:
                 first_max = {"model": model, "state": state, "source": f"max net of this run, seed {seed}"}
             train_acc = train.evaluate(eval_step, state, *ds.train)["accuracy"]
             test_acc = result.history[-1]["test_accuracy"]
-            scores = {name: train.evaluate(eval_step, state, x, test_y[:k])["accuracy"] for name, x in robust.items()}
+            scores = {
+                name: train.evaluate(eval_step, state, x, test_y[:k])["accuracy"]
+                for name, x in robust.items()
+            }
             runs.append({
                 "seed": seed, "test_accuracy": test_acc, "train_accuracy": train_acc, "gap": train_acc - test_acc,
                 "robust": scores, "train_time_s": sum(h["train_time_s"] for h in result.history),
@@ -262,8 +277,16 @@ def load_record(path: str, ds):
     if identity.get("model") != repr(model):
         return None
     # The optimizer's structure only: the checkpoint holds its state, which is not used here.
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, 1, 2) if identity.get("warmup_epochs") else optax.cosine_decay_schedule(1.0, 2)
-    opt = optax.adamw(schedule, weight_decay=1.0) if identity.get("optimizer") == "adamw" else optax.adam(schedule)
+    schedule = (
+        optax.warmup_cosine_decay_schedule(0.0, 1.0, 1, 2)
+        if identity.get("warmup_epochs")
+        else optax.cosine_decay_schedule(1.0, 2)
+    )
+    opt = (
+        optax.adamw(schedule, weight_decay=1.0)
+        if identity.get("optimizer") == "adamw"
+        else optax.adam(schedule)
+    )
     template = train.init_state(model, opt, 0, ds.image_shape)
     ckpt = train.load_checkpoint(path, template)
     return {"model": model, "state": ckpt.state, "source": f"{path} (epoch {ckpt.epoch}, test accuracy "
@@ -380,7 +403,10 @@ def plot_pooling(path, rows, noise, shifts, title) -> None:
     ax.bar(names, [r["gap"]["mean"] for r in rows], yerr=[r["gap"]["std"] for r in rows], capsize=4,
            color=[f"C{i}" for i in range(len(rows))])  # fmt: skip
     ax.set_title("train − test accuracy (overfitting)", fontsize=9)
-    for ax, key, xs, label in ((axes[2], "noise", noise, "Gaussian noise std"), (axes[3], "shift", shifts, "shift, pixels")):
+    for ax, key, xs, label in (
+        (axes[2], "noise", noise, "Gaussian noise std"),
+        (axes[3], "shift", shifts, "shift, pixels"),
+    ):
         for i, r in enumerate(rows):
             lost = [[0.0] * len(r["runs"])] + [[drop(x, f"{key}:{v:g}") for x in r["runs"]] for v in xs]
             ax.errorbar([0, *xs], [statistics.fmean(v) for v in lost], yerr=[statistics.pstdev(v) for v in lost],
@@ -458,7 +484,10 @@ def run_pooling(args, ds, epochs: int, seeds: list) -> tuple[dict, dict, str]:
               f" {r['gap']['mean']:>8.4f} ± {r['gap']['std']:.4f}  "
               + "  ".join(f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in r["robust"].items() if k != "clean"))  # fmt: skip
     for variant, t in tests.items():
-        print(f"{variant} vs max (Welch): " + ", ".join(f"{k} {v['difference']:+.4f} (p {v['p']:.3g})" for k, v in t.items()))
+        print(
+            f"{variant} vs max (Welch): "
+            + ", ".join(f"{k} {v['difference']:+.4f} (p {v['p']:.3g})" for k, v in t.items())
+        )
     for claim, v in words.items():
         print(f"{claim}: {v}")
     png = os.path.join(args.out, "claims_pooling.png")
@@ -484,8 +513,10 @@ def run_features(args, ds, first_max) -> tuple[dict, str]:
               f" selectivity median {layer['selectivity_median']:.3f}, {layer['fraction_selective']:.0%} of channels > 0.5;"
               f" nearest-class-mean accuracy {layer['nearest_mean_accuracy']:.3f}")  # fmt: skip
     first, last = features["layers"][0], features["layers"][-1]
-    print(f"  top-8 images of the 6 most selective channels sharing one class: first conv "
-          f"{first['top8_same_class']}, last conv {last['top8_same_class']}")
+    print(
+        f"  top-8 images of the 6 most selective channels sharing one class: first conv "
+        f"{first['top8_same_class']}, last conv {last['top8_same_class']}"
+    )
     png = os.path.join(args.out, "claims_features.png")
     plot_features(png, features, f"Claim 3: {features['source']}")
     for layer in features["layers"]:

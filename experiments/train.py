@@ -134,7 +134,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "cutout[:SIZE] (zero a random SIZExSIZE square, default 8); e.g. --augment crop:2,flip",
     )
     p.add_argument(
-        "--label-smoothing", type=_number(float, 0), default=0.0, metavar="A", help="label smoothing in [0, 1)"
+        "--label-smoothing",
+        type=_number(float, 0),
+        default=0.0,
+        metavar="A",
+        help="label smoothing in [0, 1)",
     )
     p.add_argument(
         "--compute-dtype",
@@ -202,7 +206,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 #: --augment's names: (jcnn.augment function, its option, the option's default).
-AUGMENTS = {"crop": ("random_crop", "padding", 4), "flip": ("random_flip", None, None), "cutout": ("cutout", "size", 8)}
+AUGMENTS = {
+    "crop": ("random_crop", "padding", 4),
+    "flip": ("random_flip", None, None),
+    "cutout": ("cutout", "size", 8),
+}
 
 
 def _augment_spec(text: str) -> list:
@@ -211,7 +219,9 @@ def _augment_spec(text: str) -> list:
     for item in text.split(","):
         name, _, value = item.strip().partition(":")
         if name not in AUGMENTS:
-            raise argparse.ArgumentTypeError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTS)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTS)}"
+            )
         option = AUGMENTS[name][1]
         if value and option is None:
             raise argparse.ArgumentTypeError(f"{name} takes no value, got {item!r}")
@@ -350,7 +360,9 @@ def main(argv=None) -> int:
     )
 
     recipe = [
-        f"augment {','.join(n if v is None else f'{n}:{v}' for n, v in args.augment)}" if args.augment else "",
+        f"augment {','.join(n if v is None else f'{n}:{v}' for n, v in args.augment)}"
+        if args.augment
+        else "",
         f"label smoothing {args.label_smoothing}" if args.label_smoothing else "",
         "bfloat16 compute (mixed precision)" if args.compute_dtype == "bfloat16" else "",
     ]
@@ -439,7 +451,9 @@ def main(argv=None) -> int:
             compiler_options=compiler_options, conv_impl=args.conv_impl,
         )  # fmt: skip
         tta = train.evaluate(step, result.state, *ds.test)
-        say(f"test accuracy with flip TTA (mean probabilities of each image and its mirror): {tta['accuracy']:.4f}")
+        say(
+            f"test accuracy with flip TTA (mean probabilities of each image and its mirror): {tta['accuracy']:.4f}"
+        )
     say(f"test accuracy: {last['test_accuracy']:.4f}")
     return 0
 

@@ -316,7 +316,6 @@ def dense_from_torch(weight, bias=None, *, input_shape=None, dtype=None) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-
 class TorchEntry(NamedTuple):
     """One PyTorch module with weights, in the order jcnn's params hold it.
 

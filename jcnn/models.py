@@ -190,6 +190,7 @@ def allconv(
     layers += [Conv(k, 3, padding=1), Relu(), Conv(k, 1), Relu(), Conv(num_classes, 1), GlobalAvgPool()]
     return serial(*layers)
 
+
 #: How `small_vgg` halves the image after each stage.
 DOWNSAMPLES = ("max", "strided", "conv", "none")
 

@@ -176,4 +176,7 @@ def test_profile_step_attributes_the_step_to_its_layers():
                          "}")  # fmt: skip
     assert ops["while.1"]["opcode"] == "while" and ops["dot.2"]["opcode"] == "dot"
     assert module.where(ops["dot.2"]["op_name"]) == ("serial[1] Dense", "forward")
-    assert module.where("jit(step)/transpose(jvp(serial[3]))/Conv/while/body/dot_general") == ("serial[3] Conv", "backward")
+    assert module.where("jit(step)/transpose(jvp(serial[3]))/Conv/while/body/dot_general") == (
+        "serial[3] Conv",
+        "backward",
+    )

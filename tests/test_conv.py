@@ -961,7 +961,9 @@ def test_auto_impl_small_calls_take_im2col(batch, want):
 )
 def test_auto_impl_by_layer(in_shape, kernel_shape, want):
     # The layer table's winners (experiments/bench.py --suite convs, batch 128).
-    geo = shapes.conv_geometry(shapes.conv_spec(kernel_shape[:2], padding="same"), (128,) + in_shape, kernel_shape)
+    geo = shapes.conv_geometry(
+        shapes.conv_spec(kernel_shape[:2], padding="same"), (128,) + in_shape, kernel_shape
+    )
     assert conv_module().auto_impl(geo, "cpu", jnp.float32) == want
 
 
@@ -981,7 +983,9 @@ def test_auto_as_overrides_auto_inside_its_block_only():
         assert "conv_general_dilated" in prims(auto)
     assert "conv_general_dilated" not in prims(auto)
     with ops.auto_as("xla"):
-        np.testing.assert_allclose(jax.jit(auto)(x, k), conv(x, k, padding=1, impl="im2col"), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            jax.jit(auto)(x, k), conv(x, k, padding=1, impl="im2col"), rtol=1e-5, atol=1e-6
+        )
     with pytest.raises(ValueError, match=r"auto_as: `impl` must be one of"):
         with ops.auto_as("auto"):
             pass
@@ -1570,5 +1574,6 @@ def test_conv_layer_accepts_nested_lists():
     _, params, state = layer.init(jax.random.key(0), (3, 3, 1))
     x = np.arange(18.0).reshape(2, 3, 3, 1)
     np.testing.assert_allclose(
-        layer.apply(params, state, x.tolist(), batch_ndim=1)[0], layer.apply(params, state, x, batch_ndim=1)[0]
+        layer.apply(params, state, x.tolist(), batch_ndim=1)[0],
+        layer.apply(params, state, x, batch_ndim=1)[0],
     )

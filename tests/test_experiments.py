@@ -129,7 +129,9 @@ def test_claims_at_scale(tmp_path):
         assert set(r["robust"]) == {"clean", "noise:0.2", "shift:1", "shift:2"}
     # The variants share their convolutions except the extra strided conv, and "none" keeps the
     # full-size maps for the head.
-    assert rows["max"]["params"] == rows["strided"]["params"] < rows["conv"]["params"] < rows["none"]["params"]
+    assert (
+        rows["max"]["params"] == rows["strided"]["params"] < rows["conv"]["params"] < rows["none"]["params"]
+    )
     tests = result["tests"]
     assert set(tests) == {"strided", "conv", "none"}
     assert all(0.0 <= t["p"] <= 1.0 for v in tests.values() for t in v.values())

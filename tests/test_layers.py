@@ -97,7 +97,14 @@ def test_layer_unpacks_as_a_pair_and_carries_metadata():
     init, apply = layer
     assert init is layer.init and apply is layer.apply
     assert [f.name for f in dataclasses.fields(Layer)] == [
-        "init", "apply", "name", "spec", "children", "info", "takes_batch", "description"
+        "init",
+        "apply",
+        "name",
+        "spec",
+        "children",
+        "info",
+        "takes_batch",
+        "description",
     ]
     assert not hasattr(layer, "__dict__")  # slots: the fields above are all there is
     assert (layer.name, layer.takes_batch) == ("Dense", True)
@@ -133,7 +140,9 @@ def test_replace_keeps_metadata_and_custom_layers_work():
     assert repr(custom) == "Scale"
     with pytest.raises(TypeError, match="must be callables"):
         Layer(1, apply)
-    with pytest.raises(TypeError, match=r"Layer: `children` must be a tuple of \(path_segment, Layer\) pairs"):
+    with pytest.raises(
+        TypeError, match=r"Layer: `children` must be a tuple of \(path_segment, Layer\) pairs"
+    ):
         Layer(init, apply, children=[("a", custom)])
     with pytest.raises(TypeError, match=r"Layer: `takes_batch` must be True or False"):
         Layer(init, apply, takes_batch=1)
@@ -148,7 +157,9 @@ def test_child_ops_are_named_by_their_path():
     assert "serial[2]/parallel[1]/Dense/dot_general" in lowered.as_text(debug_info=True)
     assert 'serial[0]/Dense/dot_general"' in lowered.compile().as_text()  # what profilers show
     grad = jax.jit(jax.grad(lambda p, x: model.apply(p, state, x)[0].sum())).lower(params, jnp.ones(4))
-    text = grad.as_text(debug_info=True)  # transformations wrap the outer scope: transpose(jvp(serial[2]))/...
+    text = grad.as_text(
+        debug_info=True
+    )  # transformations wrap the outer scope: transpose(jvp(serial[2]))/...
     assert "transpose(" in text and "serial[2]/parallel[1]/Dense/dot_general" in re.sub(r"\w+\(|\)", "", text)
 
 
@@ -250,7 +261,9 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
         lambda p, s, x: apply_child(layer, p, s, x, key=KEY, train=True, batch_ndim=2), params, state, x2
     )
     assert _tree_shapes(y2) == jax.tree_util.tree_map(
-        lambda s: (2, 3, *s), out_shape, is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(i, int) for i in s)
+        lambda s: (2, 3, *s),
+        out_shape,
+        is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(i, int) for i in s),
     )
     assert _tree_shapes(s2) == _tree_shapes(state)
     # And batched, in training mode (BatchNorm statistics, Dropout keys).
@@ -405,7 +418,9 @@ def test_batched_model_equals_loop_and_vmap_reference_in_eval_and_train(x64):
     one = jax.jit(model.apply)
     loop = jnp.stack([one(params, state, x)[0] for x in xs])
     np.testing.assert_allclose(y, loop, rtol=1e-12, atol=1e-12)
-    assert same is state or jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: (a == b).all(), same, state))
+    assert same is state or jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: (a == b).all(), same, state)
+    )
     # Training, against the per-example model under the user's own vmap, BatchNorm averaging
     # across "batch": the same statistics, taken over the batch axis directly. Dropout is off
     # here: one mask per batch differs from per-example masks by design (see the Dropout test).
@@ -868,7 +883,11 @@ CONSTRUCTOR_ERRORS = [
         r"ConvTranspose: `padding` must be .*PyTorch's numeric padding",
     ),
     (lambda: MaxPool(3, padding=2), ShapeError, r"MaxPool: padding must be at most half the window"),
-    (lambda: AvgPool(2, divisor_override=0), ValueError, r"AvgPool: `divisor_override` must be nonzero \(or None\), got 0"),
+    (
+        lambda: AvgPool(2, divisor_override=0),
+        ValueError,
+        r"AvgPool: `divisor_override` must be nonzero \(or None\), got 0",
+    ),
     (
         lambda: Dropout(1.5),
         ValueError,
@@ -883,7 +902,11 @@ CONSTRUCTOR_ERRORS = [
     (lambda: BatchNorm(eps=-1), ValueError, r"BatchNorm: `eps` must be a number >= 0"),
     (lambda: LayerNorm(axes=()), TypeError, r"LayerNorm: `axes` must be an int or a non-empty tuple"),
     (lambda: GroupNorm(0), ValueError, r"GroupNorm: `num_groups` must be >= 1"),
-    (lambda: Dense(2, precision="fast"), ValueError, r"Dense: `precision` must be None, a jax.lax.Precision, one of"),
+    (
+        lambda: Dense(2, precision="fast"),
+        ValueError,
+        r"Dense: `precision` must be None, a jax.lax.Precision, one of",
+    ),
     (lambda: batched(lambda x: x), TypeError, r"batched: expects a Layer"),
     (lambda: residual(Relu(), shortcut=Relu), TypeError, r"residual shortcut: argument 0 must be a Layer"),
     (lambda: Concat(axis=1.0), TypeError, r"Concat: `axis` must be an int"),
@@ -919,7 +942,9 @@ def test_apply_errors_name_the_layer_and_both_shapes():
         ValueError, match=r"serial: `params` must be a tuple with one entry per layer \(10\), got 3"
     ):
         jax.eval_shape(model.apply, params[:3], state, jnp.ones((28, 28, 1)))
-    with pytest.raises(ShapeError, match=r"MaxPool: `apply` expects one example .*got x of shape \(2, 4, 4, 1\)"):
+    with pytest.raises(
+        ShapeError, match=r"MaxPool: `apply` expects one example .*got x of shape \(2, 4, 4, 1\)"
+    ):
         MaxPool(2).apply((), (), jnp.ones((2, 4, 4, 1)))
     with pytest.raises(ShapeError, match=r"BatchNorm: input has 4 channels .* initialised for 3"):
         BatchNorm().apply(*BatchNorm().init(KEY, (3,))[1:], jnp.ones(4))

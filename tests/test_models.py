@@ -202,11 +202,21 @@ def test_small_vgg_downsampling_variants_share_their_convolutions():
     tables = {}
     for d in models.DOWNSAMPLES:
         tables[d] = summary(models.small_vgg(10, (28, 28, 1), widths=(8, 16), downsample=d), (28, 28, 1))
-    convs = {d: [r["params"] for r in t.rows if r["layer"].startswith(("Conv", "BatchNorm"))] for d, t in tables.items()}
+    convs = {
+        d: [r["params"] for r in t.rows if r["layer"].startswith(("Conv", "BatchNorm"))]
+        for d, t in tables.items()
+    }
     assert convs["max"] == convs["strided"] == convs["none"] and len(convs["max"]) == 8
     assert len(convs["conv"]) == 12 and convs["conv"][:4] == convs["max"][:4]
-    flat = {d: next(r["output_shape"] for r in t.rows if r["layer"] == "Flatten()") for d, t in tables.items()}
-    assert flat == {"max": (7 * 7 * 16,), "strided": (7 * 7 * 16,), "conv": (7 * 7 * 16,), "none": (28 * 28 * 16,)}
+    flat = {
+        d: next(r["output_shape"] for r in t.rows if r["layer"] == "Flatten()") for d, t in tables.items()
+    }
+    assert flat == {
+        "max": (7 * 7 * 16,),
+        "strided": (7 * 7 * 16,),
+        "conv": (7 * 7 * 16,),
+        "none": (28 * 28 * 16,),
+    }
     kinds = {d: {r["layer"].split("(")[0] for r in t.rows} for d, t in tables.items()}
     assert "MaxPool" in kinds["max"] and "MaxPool" not in kinds["strided"] | kinds["conv"] | kinds["none"]
     strides = [r["layer"] for r in tables["strided"].rows if "strides=2" in r["layer"]]
@@ -221,7 +231,11 @@ def test_small_vgg_downsampling_variants_share_their_convolutions():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: models.small_vgg(downsample="avg"), ValueError, r"`downsample` must be one of \('max', 'strided', 'conv', 'none'\)"),
+        (
+            lambda: models.small_vgg(downsample="avg"),
+            ValueError,
+            r"`downsample` must be one of \('max', 'strided', 'conv', 'none'\)",
+        ),
         (lambda: models.small_vgg(widths=(8, 0)), ValueError, r"`widths` must be a non-empty sequence"),
         (lambda: models.small_vgg(hidden=0), ValueError, r"`hidden` must be a positive int, got 0"),
         (lambda: models.small_vgg(batch_norm="yes"), TypeError, r"`batch_norm` must be True or False"),

@@ -175,7 +175,9 @@ def test_conv_impl_and_compiler_options_reach_the_step():
     assert "convolution" in ev.lower(state, x, y, batch_size=4).as_text()
     (s1, m1), (s2, m2) = auto(state, x, y), xla(state, x, y)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1.params, s2.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1.params, s2.params
+    )
 
     opts = train.xla_cpu_ynn_off()
     assert opts in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})  # {}: this XLA has no YNN

@@ -85,9 +85,7 @@ def _elementwise(
         shape = plan(input_shape)
         return LayerInfo(shape, 0, flops_per_element * math.prod(shape))
 
-    return Layer(
-        init, apply, name=name, spec=spec, info=info, takes_batch=True, description=description
-    )
+    return Layer(init, apply, name=name, spec=spec, info=info, takes_batch=True, description=description)
 
 
 def Identity() -> Layer:

@@ -34,7 +34,17 @@ from jcnn.layers.base import (
 )
 from jcnn.shapes import ShapeError
 
-__all__ = ["serial", "parallel", "residual", "batched", "apply_child", "Add", "Concat", "ConcatSpec", "BATCH_AXIS"]
+__all__ = [
+    "serial",
+    "parallel",
+    "residual",
+    "batched",
+    "apply_child",
+    "Add",
+    "Concat",
+    "ConcatSpec",
+    "BATCH_AXIS",
+]
 
 # The axis name of the jax.vmap that runs a layer without batch support over a batch: BatchNorm's
 # default `axis_name`, so a BatchNorm inside a user's per-example layer still sees the batch.
@@ -70,7 +80,9 @@ def _apply_child(layer: Layer, params, state, x, *, key, train, batch_ndim: int)
         return layer.apply(params, state, x, key=key, train=train)
     leaves = jax.tree_util.tree_leaves(x)
     batch = tuple(leaves[0].shape[:batch_ndim]) if leaves else ()
-    if not leaves or any(leaf.ndim < batch_ndim or tuple(leaf.shape[:batch_ndim]) != batch for leaf in leaves):
+    if not leaves or any(
+        leaf.ndim < batch_ndim or tuple(leaf.shape[:batch_ndim]) != batch for leaf in leaves
+    ):
         raise ShapeError(
             f"{layer!r}: expects {batch_ndim} leading batch dim(s) shared by every input, got shapes"
             f" {[tuple(leaf.shape) for leaf in leaves]}."
@@ -295,7 +307,9 @@ def residual(layer: Layer, shortcut: Layer | None = None) -> Layer:
         _check_len(state, 2, "state", where)
         k_body, k_short = _split(key, 2)
         with child_path(body[0]):
-            y, body_state = apply_child(layer, params[0], state[0], x, key=k_body, train=train, batch_ndim=batch_ndim)
+            y, body_state = apply_child(
+                layer, params[0], state[0], x, key=k_body, train=train, batch_ndim=batch_ndim
+            )
         if short is None:
             s, short_state = x, state[1]
         else:
@@ -313,7 +327,9 @@ def residual(layer: Layer, shortcut: Layer | None = None) -> Layer:
 
     desc = f"residual({layer!r}" + ("" if shortcut is None else f", shortcut={shortcut!r}") + ")"
     children = (body,) if short is None else (body, short)
-    return Layer(init, apply, name="residual", children=children, info=info, takes_batch=True, description=desc)
+    return Layer(
+        init, apply, name="residual", children=children, info=info, takes_batch=True, description=desc
+    )
 
 
 def batched(layer: Layer) -> Layer:
@@ -369,7 +385,12 @@ def batched(layer: Layer) -> Layer:
         )
 
     return Layer(
-        init, apply, name="batched", children=(("batched", layer),), info=info, description=f"batched({layer!r})"
+        init,
+        apply,
+        name="batched",
+        children=(("batched", layer),),
+        info=info,
+        description=f"batched({layer!r})",
     )
 
 

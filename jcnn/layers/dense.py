@@ -26,7 +26,14 @@ from jcnn.layers.base import (
 )
 from jcnn.shapes import ShapeError
 
-__all__ = ["Dense", "DenseSpec", "Flatten", "default_kernel_init", "default_bias_init", "canonicalize_precision"]
+__all__ = [
+    "Dense",
+    "DenseSpec",
+    "Flatten",
+    "default_kernel_init",
+    "default_bias_init",
+    "canonicalize_precision",
+]
 
 # jax.random's truncated-normal constant: the std of a unit normal truncated to [-2, 2].
 _TRUNCATED_STD = 0.87962566103423978
@@ -195,7 +202,10 @@ def Dense(
         info=info,
         takes_batch=True,
         description=describe(
-            "Dense", (spec.out_features,), {"bias": spec.bias, "precision": precision}, {"bias": True, "precision": None}
+            "Dense",
+            (spec.out_features,),
+            {"bias": spec.bias, "precision": precision},
+            {"bias": True, "precision": None},
         ),
     )
 

@@ -27,7 +27,15 @@ from jcnn.layers.base import (
 )
 from jcnn.shapes import ShapeError
 
-__all__ = ["BatchNorm", "BatchNormState", "BatchNormSpec", "LayerNorm", "LayerNormSpec", "GroupNorm", "GroupNormSpec"]
+__all__ = [
+    "BatchNorm",
+    "BatchNormState",
+    "BatchNormSpec",
+    "LayerNorm",
+    "LayerNormSpec",
+    "GroupNorm",
+    "GroupNormSpec",
+]
 
 
 class BatchNormState(NamedTuple):

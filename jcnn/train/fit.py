@@ -262,8 +262,12 @@ def _prepare(
     train_step.check_batch(batch_size, where)
     eval_step = (
         make_eval_step(
-            model, devices=devices, precision=precision, compute_dtype=compute_dtype,
-            compiler_options=compiler_options, conv_impl=conv_impl,
+            model,
+            devices=devices,
+            precision=precision,
+            compute_dtype=compute_dtype,
+            compiler_options=compiler_options,
+            conv_impl=conv_impl,
         )  # fmt: skip
         if test is not None
         else None

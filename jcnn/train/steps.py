@@ -439,7 +439,9 @@ def _build_train_step(
         x = _cast(x, compute_dtype)
 
         def loss_fn(params):
-            logits, model_state = apply(_cast(params, compute_dtype), state.model_state, x, key=key, train=True)
+            logits, model_state = apply(
+                _cast(params, compute_dtype), state.model_state, x, key=key, train=True
+            )
             logits = logits.astype(jnp.float32)
             if label_smoothing:
                 targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
@@ -559,7 +561,9 @@ def _build_eval_step(model, devices, precision, compute_dtype, views, options, c
                 logits = apply(params, model_state, x, key=None, train=False)[0].astype(jnp.float32)
             else:  # log of the mean probability over the views: a log-softmax, so the loss below holds
                 logps = [
-                    jax.nn.log_softmax(apply(params, model_state, view(x), key=None, train=False)[0].astype(jnp.float32))
+                    jax.nn.log_softmax(
+                        apply(params, model_state, view(x), key=None, train=False)[0].astype(jnp.float32)
+                    )
                     for view in views
                 ]
                 logits = jax.nn.logsumexp(jnp.stack(logps), axis=0) - jnp.log(jnp.float32(len(views)))
