@@ -451,10 +451,14 @@ def test_concurrent_callers_and_many_geometries():
 MULTI_DEVICE = textwrap.dedent("""
     import numpy as np, jax, jax.numpy as jnp
     from jax.sharding import Mesh, PartitionSpec as P
+    import inspect
     try:
         from jax import shard_map
     except ImportError:
         from jax.experimental.shard_map import shard_map
+    # jax 0.6's experimental shard_map cannot differentiate a loss that varies over the mesh
+    # with its replication check on, whatever the conv (impl="xla" fails the same way).
+    CHECK = {"check_rep": False} if "check_rep" in inspect.signature(shard_map).parameters else {}
     from jcnn.ops import conv
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
@@ -472,7 +476,7 @@ MULTI_DEVICE = textwrap.dedent("""
             l, (gk, gb) = step(impl)(k, b, x)
             return jax.lax.pmean(l, "d"), jax.lax.pmean(gk, "d"), jax.lax.pmean(gb, "d")
         mesh = Mesh(np.array(jax.devices()), ("d",))
-        return jax.jit(shard_map(body, mesh=mesh, in_specs=(P(), P(), P("d")), out_specs=(P(), P(), P())))
+        return jax.jit(shard_map(body, mesh=mesh, in_specs=(P(), P(), P("d")), out_specs=(P(), P(), P()), **CHECK))
 
     def close(a, c):
         for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(c)):

@@ -432,31 +432,44 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
 
     The rule comes from ``experiments/bench.py --suite convs`` (every conv layer of the
     benchmarked and zoo models at its in-model shape, forward + backward with a random output
-    gradient, each impl) and the step tables (numbers in experiments/RESULTS.md, session 5):
+    gradient, each impl), ``--suite ops`` and the step tables (numbers in experiments/RESULTS.md):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
-    * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
-    * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
-      are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
-      6.6 ms at batch 2).
-    * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
-      sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
-    * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
-    * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
-    * CPU, 2-D, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call (small images or
-      batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes 3.8 ms with
-      im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost per call there.
-    * CPU, 2-D, stride 1, image inputs (``c_in <= 3``, a model's first layer, whose input
-      gradient is never taken): ``"direct"`` for one channel and kernels up to 3x3 (its
-      per-tap outer products: 5.2 ms vs 10-12 ms for a 28x28x1->32 layer at batch 128),
-      ``"xla"`` otherwise (LeNet's 5x5 conv1 10.1 ms vs 13.6-15.7, ResNet's 3x3 RGB stem
-      14.5 ms vs 18.4-54).
-    * CPU, 2-D, stride 1, kernels up to 3x3 on outputs smaller than 28x28: ``"im2col"`` (e.g.
-      8x8x64->64: 23.3 ms vs hybrid 32.4, XLA 33.2); XLA's convs pay a fixed cost per call
-      that small images do not amortise.
-    * CPU, 2-D, stride 1, larger kernels or images: ``"hybrid"``: XLA's forward and
-      input-gradient convs are the fastest there, its kernel-gradient conv is not (up to 7x
-      slower than chunked matmuls).
+    * CPU, where jcnn's oneDNN kernels are active (`backends`) and have a kernel for the dtype
+      (float32; bfloat16 where the CPU has an optimised oneDNN kernel for it): ``"onednn"``, for
+      every geometry (1-, 2- and 3-D, strided, 1x1, grouped and depthwise, small and large
+      calls). It is as fast as PyTorch's CPU convolutions (the same library) and faster than
+      every pure-JAX impl in each measured layer, mostly because XLA's CPU convolution runs on one
+      core and oneDNN's on all of them.
+    * CPU otherwise (float64, which oneDNN lacks; float16; oneDNN not built for this platform,
+      or disabled by ``JCNN_DISABLE_ONEDNN=1``), the pure-JAX rule:
+
+      * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
+      * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
+        are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
+        6.6 ms at batch 2).
+      * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
+        sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
+      * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
+      * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
+      * CPU, 2-D, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call (small images or
+        batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes 3.8 ms with
+        im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost per call there.
+      * CPU, 2-D, stride 1, image inputs (``c_in <= 3``, a model's first layer, whose input
+        gradient is never taken): ``"direct"`` for one channel and kernels up to 3x3 (its
+        per-tap outer products: 5.2 ms vs 10-12 ms for a 28x28x1->32 layer at batch 128),
+        ``"xla"`` otherwise (LeNet's 5x5 conv1 10.1 ms vs 13.6-15.7, ResNet's 3x3 RGB stem
+        14.5 ms vs 18.4-54).
+      * CPU, 2-D, stride 1, kernels up to 3x3 on outputs smaller than 28x28: ``"im2col"`` (e.g.
+        8x8x64->64: 23.3 ms vs hybrid 32.4, XLA 33.2); XLA's convs pay a fixed cost per call
+        that small images do not amortise.
+      * CPU, 2-D, stride 1, larger kernels or images: ``"hybrid"``: XLA's forward and
+        input-gradient convs are the fastest there, its kernel-gradient conv is not (up to 7x
+        slower than chunked matmuls).
+
+    >>> geo = shapes.conv_geometry(shapes.conv_spec(3, padding=1), (8, 8, 4), (3, 3, 4, 8))
+    >>> auto_impl(geo, "gpu"), auto_impl(geo, "cpu", jnp.float64)
+    ('xla', 'im2col')
     """
     backend = backend or jax.default_backend()
     if backend != "cpu":
