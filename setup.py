@@ -73,7 +73,7 @@ def _extensions():
             sources=[str(CSRC / "onednn_conv.cc")],
             include_dirs=[str(include)],
             library_dirs=[str(lib)],
-            libraries=["dnnl"],
+            libraries=["dnnl", "gomp"],  # gomp: omp_set_num_threads (libdnnl loads the same one)
             language="c++",
             # -isystem: the vendored XLA headers warn (-Wreturn-type) under g++; not ours to fix.
             extra_compile_args=["-std=c++17", "-O3", "-g0", "-isystem", str(CSRC / "third_party")],

@@ -15,9 +15,18 @@
 // which measured fastest for forward + backward. Primitives are cached by geometry behind a
 // mutex and executed with a per-thread user scratchpad, so concurrent calls are safe.
 //
+// Threads: oneDNN (GNU OpenMP build) runs each call on an OpenMP team of the calling thread,
+// omp_get_max_threads() strong (OMP_NUM_THREADS, default the cores). Calls under
+// kSerialFlops run on the calling thread alone: a team's barrier costs more than it saves there,
+// and on an oversubscribed machine (more runnable threads than cores) a barrier can wait a whole
+// scheduler slice for a descheduled teammate. The count is set with omp_set_num_threads around
+// the primitive's creation and each execution and restored after, so the calling thread's own
+// OpenMP setting (PyTorch's, the user's) is left as it was.
+//
 // The handler does one thing; shapes, dtypes and autodiff are checked and derived in Python
 // (jcnn/ops/onednn.py). Attributes: strides, padding_lo, padding_hi, dilation (d int64 each),
 // groups (int64).
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
@@ -38,6 +47,9 @@ using dims = dnnl::memory::dims;
 namespace {
 
 enum Kind : int64_t { kFwd = 0, kFwdBias = 1, kBwdData = 2, kBwdWeights = 3 };
+
+// Multiply-adds x 2 of the forward conv below which a call runs single-threaded.
+constexpr double kSerialFlops = 64e6;
 
 // Everything that determines a primitive. Activations (n, *in, c) -> (n, *out, o);
 // kernel (*k, c / groups, o).
@@ -100,6 +112,7 @@ memory::desc weight_any_desc(const Geometry& g) {
 // One cached primitive with the descriptors of its arguments: what the caller's buffers are
 // (user) and what the primitive wants (prim); the two differ only for the weights.
 struct Plan {
+  int threads = 1;  // the OpenMP team size it was created for and runs with
   dnnl::primitive prim;
   int args[4] = {};        // DNNL_ARG_* of inputs 0..n_in-1, then of the output
   memory::desc user[4], want[4];
@@ -107,7 +120,30 @@ struct Plan {
   size_t scratch = 0;
 };
 
-std::shared_ptr<Plan> build(const Geometry& g) {
+// The OpenMP thread count of the calling thread set for one scope, then restored.
+class Threads {
+ public:
+  explicit Threads(int n) : saved_(omp_get_max_threads()) {
+    if (n != saved_) omp_set_num_threads(n);
+  }
+  ~Threads() {
+    if (omp_get_max_threads() != saved_) omp_set_num_threads(saved_);
+  }
+  Threads(const Threads&) = delete;
+  Threads& operator=(const Threads&) = delete;
+
+ private:
+  int saved_;
+};
+
+double forward_flops(const Geometry& g) {
+  double f = 2.0 * g.n * g.o * (g.c / g.groups);
+  for (int64_t i = 0; i < g.d; ++i) f *= static_cast<double>(g.out[i]) * g.k[i];
+  return f;
+}
+
+std::shared_ptr<Plan> build(const Geometry& g, int threads) {
+  Threads scope(threads);
   const memory::desc src = activation_desc(g, g.c, g.in);
   const memory::desc dst = activation_desc(g, g.o, g.out);
   const memory::desc wei_user = weight_user_desc(g);
@@ -124,6 +160,7 @@ std::shared_ptr<Plan> build(const Geometry& g) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
   auto plan = std::make_shared<Plan>();
+  plan->threads = threads;
   auto fill = [&](const auto& pd, std::initializer_list<int> ids, std::initializer_list<memory::desc> user,
                   std::initializer_list<memory::desc> want) {
     int i = 0;
@@ -173,13 +210,15 @@ std::mutex plans_mutex;
 std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
 
 std::shared_ptr<Plan> plan_for(const Geometry& g) {
-  const std::string key = g.key();
+  // The team size is part of the key: the caller's OpenMP setting may differ between threads.
+  const int threads = forward_flops(g) < kSerialFlops ? 1 : omp_get_max_threads();
+  const std::string key = g.key() + std::to_string(threads);
   {
     std::lock_guard<std::mutex> lock(plans_mutex);
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
   }
-  auto plan = build(g);  // outside the lock: oneDNN's JIT compile takes milliseconds
+  auto plan = build(g, threads);  // outside the lock: oneDNN's JIT compile takes milliseconds
   std::lock_guard<std::mutex> lock(plans_mutex);
   return plans.emplace(key, plan).first->second;
 }
@@ -198,6 +237,7 @@ char* grown(std::vector<char>& v, size_t size) {
 
 void execute(const Geometry& g, void* const* inputs, void* output) {
   const std::shared_ptr<Plan> plan = plan_for(g);
+  Threads scope(plan->threads);
   dnnl::stream stream(engine());
   std::unordered_map<int, memory> args;
   const int n = plan->n_in + 1;
