@@ -20,9 +20,12 @@ Use it through ``jcnn.ops.conv(..., impl="onednn")`` or ``conv_transpose(..., im
 
 Threads: oneDNN runs each call on an OpenMP team of the calling thread (the GNU OpenMP runtime,
 libgomp, which PyTorch's CPU wheels also load: one runtime serves both). jcnn sets no OpenMP
-variable: the team has ``OMP_NUM_THREADS`` threads (default: the cores this process may use)
-and waits the way ``OMP_WAIT_POLICY`` says (libgomp's default spins briefly, then sleeps).
-``OMP_WAIT_POLICY=ACTIVE`` makes idle OpenMP threads spin and slows XLA's own ops that follow.
+environment variable: a call of 64 MFLOPs or more runs on ``OMP_NUM_THREADS`` threads (default:
+the cores this process may use), a smaller one on the calling thread alone (its thread count
+set for that call and restored after; a team's barrier costs more than it saves there, far more
+on a machine with more runnable threads than cores). Idle threads wait the way
+``OMP_WAIT_POLICY`` says (libgomp's default spins briefly, then sleeps); ``ACTIVE`` makes them
+spin and slows XLA's own ops that follow (a matmul 1.6x in experiments/RESULTS.md).
 """
 
 from __future__ import annotations
