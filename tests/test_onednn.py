@@ -486,6 +486,11 @@ MULTI_DEVICE = textwrap.dedent("""
     pm = lambda impl: jax.pmap(step(impl), in_axes=(None, None, 0))
     xs = x.reshape(4, 2, 9, 9, 4)
     close(pm("onednn")(k, b, xs), pm("xla")(k, b, xs))
+    # with several devices, auto leaves oneDNN alone: XLA cannot split its calls over a sharded batch
+    from jcnn import shapes
+    from jcnn.ops import auto_impl
+    geo = shapes.conv_geometry(shapes.conv_spec(3, padding=1), (8, 9, 9, 4), (3, 3, 4, 6))
+    assert auto_impl(geo, "cpu", jnp.float32) != "onednn"
     # jit with the batch sharded over the devices (how jcnn.train.fit runs on several devices)
     from jax.sharding import NamedSharding
     mesh = Mesh(np.array(jax.devices()), ("data",))

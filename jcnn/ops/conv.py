@@ -427,6 +427,15 @@ def _conv_onednn(x, kernel, bias, geo: ConvGeometry) -> jax.Array:
     return y.reshape(geo.out_shape)
 
 
+def _onednn_auto(dtype) -> bool:
+    """Whether ``"auto"`` may take oneDNN on the CPU: its kernels support ``dtype``, and JAX
+    sees one device. XLA's SPMD partitioner cannot split a custom call, so under a ``jit`` whose
+    batch is sharded over several devices (``fit`` on a multi-device or multi-process CPU mesh)
+    each device would gather the whole batch and run the whole conv; XLA's own convs are split.
+    (Explicit ``impl="onednn"`` still works there, and inside ``shard_map`` runs per device.)"""
+    return jax.device_count() == 1 and onednn.supports(jnp.float32 if dtype is None else dtype)
+
+
 def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     """The implementation ``impl="auto"`` picks for a geometry (and dtype) on a backend.
 
@@ -435,14 +444,16 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     gradient, each impl), ``--suite ops`` and the step tables (numbers in experiments/RESULTS.md):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
-    * CPU, where jcnn's oneDNN kernels are active (`backends`) and have a kernel for the dtype
-      (float32; bfloat16 where the CPU has an optimised oneDNN kernel for it): ``"onednn"``, for
+    * CPU with one device (``jax.device_count() == 1``, the usual single process), where jcnn's
+      oneDNN kernels are active (`backends`) and have a kernel for the dtype (float32;
+      bfloat16 where the CPU has an optimised oneDNN kernel for it): ``"onednn"``, for
       every geometry (1-, 2- and 3-D, strided, 1x1, grouped and depthwise, small and large
       calls). It is as fast as PyTorch's CPU convolutions (the same library) and faster than
       every pure-JAX impl in each measured layer, mostly because XLA's CPU convolution runs on one
       core and oneDNN's on all of them.
     * CPU otherwise (float64, which oneDNN lacks; float16; oneDNN not built for this platform,
-      or disabled by ``JCNN_DISABLE_ONEDNN=1``), the pure-JAX rule:
+      or disabled by ``JCNN_DISABLE_ONEDNN=1``; several devices, where XLA cannot split a oneDNN
+      call over a sharded batch), the pure-JAX rule:
 
       * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
       * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
@@ -474,7 +485,7 @@ def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return "xla"
-    if onednn.supports(jnp.float32 if dtype is None else dtype):
+    if _onednn_auto(dtype):
         return "onednn"
     if len(geo.kernel_size) == 1:
         return "xla"
@@ -632,9 +643,9 @@ def conv(
 
 
 def auto_transpose_impl(geo: ConvTransposeGeometry, backend: str | None = None, dtype=None) -> str:
-    """The implementation ``conv_transpose(..., impl="auto")`` picks: ``"onednn"`` on a CPU for
-    the dtypes it supports (float32, and bfloat16 where the CPU has a oneDNN kernel; never
-    float64), else ``"xla"``.
+    """The implementation ``conv_transpose(..., impl="auto")`` picks: ``"onednn"`` on a CPU with
+    one device for the dtypes it supports (float32, and bfloat16 where the CPU has a oneDNN
+    kernel; never float64), else ``"xla"`` (as `auto_impl`).
 
     >>> geo = shapes.conv_transpose_geometry(shapes.conv_transpose_spec(3, 2), (8, 8, 4), (3, 3, 4, 2))
     >>> auto_transpose_impl(geo, "gpu")
@@ -642,7 +653,7 @@ def auto_transpose_impl(geo: ConvTransposeGeometry, backend: str | None = None, 
     """
     del geo  # oneDNN's backward-data kernel won wherever it runs (experiments/RESULTS.md)
     backend = backend or jax.default_backend()
-    if backend == "cpu" and onednn.supports(jnp.float32 if dtype is None else dtype):
+    if backend == "cpu" and _onednn_auto(dtype):
         return "onednn"
     return "xla"
 
