@@ -135,8 +135,12 @@ def test_bench_quick_runs_every_suite_and_writes_its_tables(tmp_path, bench):
     convs = json.loads((tmp_path / "convs.json").read_text())
     assert [r["case"] for r in convs["rows"]] == [c.name for c in bench.CONV_LAYERS[:2]]
     first = convs["rows"][0]
-    # batch 8 is a small call (under HYBRID_MIN_FLOPS): auto takes im2col there
-    assert first["input"] == [8, 28, 28, 1] and first["auto picks"] == "im2col"
+    # auto takes oneDNN on CPU where its kernels are active; else batch 8 is a small call (under
+    # HYBRID_MIN_FLOPS) and auto takes im2col
+    from jcnn.ops import onednn
+
+    assert first["input"] == [8, 28, 28, 1]
+    assert first["auto picks"] == ("onednn" if onednn.available() else "im2col")
     assert set(bench.CONV_LAYER_IMPLS) | torch_cols <= set(first)
     assert "| LeNet conv2 5x5 14x14x20->50 |" in (tmp_path / "convs.md").read_text()
 

@@ -1,4 +1,4 @@
-"""Convolution ops: `conv` (three implementations that agree) and `conv_transpose`.
+"""Convolution ops: `conv` (five implementations that agree) and `conv_transpose`.
 
 Layouts are channels-last: ``x`` is ``(*batch, *spatial, c_in)`` with zero or more leading batch
 dims, the spatial rank ``d`` taken from the kernel (``kernel.ndim - 2``), and kernels are
@@ -23,6 +23,11 @@ Implementations (``impl=``):
   forward and input-gradient convs are the fastest here, but its kernel-gradient conv is up to
   7x slower than the matmuls once images and channels grow (28x28x64->64: 1.7 s vs 0.3 s at batch
   128): `experiments/bench.py --suite convs`.
+* ``"onednn"``: oneDNN's convolution kernels (what PyTorch runs on CPU) called from XLA as FFI
+  custom calls, forward, input gradient and kernel gradient, on all cores (`jcnn.ops.onednn`).
+  CPU only; float32, and bfloat16 where the CPU has a oneDNN kernel for it; no float64 (oneDNN
+  has none). Available where jcnn was installed with its compiled extension (Linux x86_64);
+  `backends` says whether it is active here.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import contextvars
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,14 +45,17 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jcnn import checks, shapes
+from jcnn.ops import onednn
 from jcnn.shapes import ConvGeometry, ConvSpec, ConvTransposeGeometry, ConvTransposeSpec
 
-IMPLS = ("xla", "direct", "im2col", "hybrid")
+IMPLS = ("xla", "direct", "im2col", "hybrid", "onednn")
 CHOICES = ("auto",) + IMPLS
+TRANSPOSE_IMPLS = ("xla", "onednn")
+TRANSPOSE_CHOICES = ("auto",) + TRANSPOSE_IMPLS
 
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
-__all__ = ["conv", "conv_transpose", "auto_impl", "IMPLS", "CHOICES"]
+__all__ = ["conv", "conv_transpose", "auto_impl", "backends", "Backend", "IMPLS", "CHOICES"]
 
 
 def _operands(x, kernel, bias, where: str):
@@ -353,39 +362,132 @@ def _hybrid_jvp(geo, precision, primals, tangents):
     return y, y_dot
 
 
+class Backend(NamedTuple):
+    """Whether one conv implementation can run in this process, and why (not)."""
+
+    available: bool
+    reason: str
+
+
+def backends() -> dict[str, Backend]:
+    """Every `conv` implementation with whether it is active here and why: the pure-JAX ones
+    always are; ``"onednn"`` where jcnn's compiled oneDNN kernels loaded (`jcnn.ops.onednn.status`).
+
+    >>> b = backends()
+    >>> b["xla"].available, sorted(b) == sorted(IMPLS)
+    (True, True)
+    """
+    s = onednn.status()
+    pure = Backend(True, "pure JAX (lax), every backend and dtype.")
+    return {impl: pure for impl in IMPLS if impl != "onednn"} | {"onednn": Backend(s.available, s.reason)}
+
+
+def _check_onednn(dtype, where: str) -> None:
+    """Raise unless ``impl="onednn"`` can run a ``dtype`` conv here (before anything is traced)."""
+    s = onednn.status()
+    if not s.available:
+        raise ValueError(
+            f"{where}: impl='onednn' is not available here: {s.reason} Use impl='auto' or 'xla'."
+        )
+    backend = jax.default_backend()
+    if backend != "cpu":
+        raise ValueError(
+            f"{where}: impl='onednn' runs on the CPU, but JAX's default backend is {backend!r}. "
+            f"Use impl='auto' (XLA's conv there)."
+        )
+    name = jnp.dtype(dtype).name
+    if name not in s.dtypes:
+        why = (
+            "oneDNN has no float64 convolution"
+            if name == "float64"
+            else f"oneDNN here runs {', '.join(s.dtypes)}"
+        )
+        raise TypeError(
+            f"{where}: impl='onednn' computes in {' or '.join(s.dtypes)}, got {name} ({why}). "
+            f"Use impl='auto' or 'xla' for {name}."
+        )
+
+
+def _conv_onednn(x, kernel, bias, geo: ConvGeometry) -> jax.Array:
+    """oneDNN's conv: batch dims folded into one, non-zero padding modes padded first."""
+    d = len(geo.kernel_size)
+    padding = geo.padding
+    if geo.padding_mode != "zeros":
+        x, padding = _pad(x, geo), ((0, 0),) * d
+    n = math.prod(geo.batch_shape)
+    y = onednn.conv(
+        x.reshape((n,) + x.shape[len(geo.batch_shape) :]),
+        kernel,
+        bias,
+        strides=geo.strides,
+        padding=padding,
+        dilation=geo.dilation,
+        groups=geo.groups,
+    )
+    return y.reshape(geo.out_shape)
+
+
+def _onednn_auto(dtype) -> bool:
+    """Whether ``"auto"`` may take oneDNN on the CPU: its kernels support ``dtype``, and JAX
+    sees one device. XLA's SPMD partitioner cannot split a custom call, so under a ``jit`` whose
+    batch is sharded over several devices (``fit`` on a multi-device or multi-process CPU mesh)
+    each device would gather the whole batch and run the whole conv; XLA's own convs are split.
+    (Explicit ``impl="onednn"`` still works there, and inside ``shard_map`` runs per device.)"""
+    return jax.device_count() == 1 and onednn.supports(jnp.float32 if dtype is None else dtype)
+
+
 def auto_impl(geo: ConvGeometry, backend: str | None = None, dtype=None) -> str:
     """The implementation ``impl="auto"`` picks for a geometry (and dtype) on a backend.
 
     The rule comes from ``experiments/bench.py --suite convs`` (every conv layer of the
     benchmarked and zoo models at its in-model shape, forward + backward with a random output
-    gradient, each impl) and the step tables (numbers in experiments/RESULTS.md, session 5):
+    gradient, each impl), ``--suite ops`` and the step tables (numbers in experiments/RESULTS.md):
 
     * GPU and TPU: ``"xla"`` (cuDNN on NVIDIA); nothing hand-written beats it there.
-    * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
-    * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
-      are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
-      6.6 ms at batch 2).
-    * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
-      sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
-    * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
-    * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
-    * CPU, 2-D, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call (small images or
-      batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes 3.8 ms with
-      im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost per call there.
-    * CPU, 2-D, stride 1, image inputs (``c_in <= 3``, a model's first layer, whose input
-      gradient is never taken): ``"direct"`` for one channel and kernels up to 3x3 (its
-      per-tap outer products: 5.2 ms vs 10-12 ms for a 28x28x1->32 layer at batch 128),
-      ``"xla"`` otherwise (LeNet's 5x5 conv1 10.1 ms vs 13.6-15.7, ResNet's 3x3 RGB stem
-      14.5 ms vs 18.4-54).
-    * CPU, 2-D, stride 1, kernels up to 3x3 on outputs smaller than 28x28: ``"im2col"`` (e.g.
-      8x8x64->64: 23.3 ms vs hybrid 32.4, XLA 33.2); XLA's convs pay a fixed cost per call
-      that small images do not amortise.
-    * CPU, 2-D, stride 1, larger kernels or images: ``"hybrid"``: XLA's forward and
-      input-gradient convs are the fastest there, its kernel-gradient conv is not (up to 7x
-      slower than chunked matmuls).
+    * CPU with one device (``jax.device_count() == 1``, the usual single process), where jcnn's
+      oneDNN kernels are active (`backends`) and have a kernel for the dtype (float32;
+      bfloat16 where the CPU has an optimised oneDNN kernel for it): ``"onednn"``, for
+      every geometry (1-, 2- and 3-D, strided, 1x1, grouped and depthwise, small and large
+      calls). It is as fast as PyTorch's CPU convolutions (the same library) and faster than
+      every pure-JAX impl in each measured layer, mostly because XLA's CPU convolution runs on one
+      core and oneDNN's on all of them.
+    * CPU otherwise (float64, which oneDNN lacks; float16; oneDNN not built for this platform,
+      or disabled by ``JCNN_DISABLE_ONEDNN=1``; several devices, where XLA cannot split a oneDNN
+      call over a sharded batch), the pure-JAX rule:
+
+      * CPU, 1-D: ``"xla"``; XLA's 1-D convolutions and their gradients are fast.
+      * CPU, bfloat16 / float16: ``"xla"``; the hand-written impls' float32-accumulated matmuls
+        are several times slower there (issue 10: a 7x7 stride-2 stem on 224x224x3, 64 ms vs
+        6.6 ms at batch 2).
+      * CPU, depthwise (``groups == c_in``), float32/float64: ``"im2col"``, i.e. its one-pass tap
+        sum with the hand-written backward (XLA's depthwise conv backward is 10-30x slower).
+      * CPU, 3-D, float32/float64: ``"im2col"``; XLA's 3-D forward is 2x slower than its matmuls.
+      * CPU, 2-D, float32/float64, strided or 1x1: ``"im2col"`` (0.5-0.85x hybrid's time there).
+      * CPU, 2-D, under `HYBRID_MIN_FLOPS` forward FLOPs for the whole call (small images or
+        batches, e.g. the main job's 8x8 digits at batch 32: a LeNet step takes 3.8 ms with
+        im2col, 10.6 ms with hybrid): ``"im2col"``; XLA's conv has a fixed cost per call there.
+      * CPU, 2-D, stride 1, image inputs (``c_in <= 3``, a model's first layer, whose input
+        gradient is never taken): ``"direct"`` for one channel and kernels up to 3x3 (its
+        per-tap outer products: 5.2 ms vs 10-12 ms for a 28x28x1->32 layer at batch 128),
+        ``"xla"`` otherwise (LeNet's 5x5 conv1 10.1 ms vs 13.6-15.7, ResNet's 3x3 RGB stem
+        14.5 ms vs 18.4-54).
+      * CPU, 2-D, stride 1, kernels up to 3x3 on outputs smaller than 28x28: ``"im2col"`` (e.g.
+        8x8x64->64: 23.3 ms vs hybrid 32.4, XLA 33.2); XLA's convs pay a fixed cost per call
+        that small images do not amortise.
+      * CPU, 2-D, stride 1, larger kernels or images: ``"hybrid"``: XLA's forward and
+        input-gradient convs are the fastest there, its kernel-gradient conv is not (up to 7x
+        slower than chunked matmuls).
+
+    >>> geo = shapes.conv_geometry(shapes.conv_spec(3, padding=1), (8, 8, 4), (3, 3, 4, 8))
+    >>> auto_impl(geo, "gpu"), auto_impl(geo, "cpu", jnp.float64)
+    ('xla', 'im2col')
     """
     backend = backend or jax.default_backend()
-    if backend != "cpu" or len(geo.kernel_size) == 1:
+    if backend != "cpu":
+        return "xla"
+    if _onednn_auto(dtype):
+        return "onednn"
+    if len(geo.kernel_size) == 1:
         return "xla"
     if dtype is not None and jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating):
         return "xla"
@@ -439,10 +541,13 @@ def auto_as(impl: str):
 HYBRID_MIN_FLOPS = 50_000_000
 
 
-def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision) -> jax.Array:
+def _conv(x, kernel, bias, geo: ConvGeometry, impl: str, precision, where: str = "conv") -> jax.Array:
     """The convolution itself, on checked operands and their concrete geometry."""
     if impl == "auto":
         impl = _AUTO_AS.get() or auto_impl(geo, dtype=x.dtype)
+    if impl == "onednn":
+        _check_onednn(x.dtype, where)
+        return _conv_onednn(x, kernel, bias, geo)
     if impl == "xla":
         y = _conv_xla_any_mode(x, kernel, geo, precision)
     elif impl == "hybrid":
@@ -470,7 +575,7 @@ def conv_with_spec(
     """
     x, kernel, bias = _operands(x, kernel, bias, where)
     geo = shapes.conv_geometry(spec, x.shape, kernel.shape, None if bias is None else bias.shape, where=where)
-    return _conv(x, kernel, bias, geo, impl, precision)
+    return _conv(x, kernel, bias, geo, impl, precision, where)
 
 
 def conv(
@@ -499,19 +604,24 @@ def conv(
       groups: feature groups; ``groups == c_in`` is a depthwise conv.
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's).
       impl: ``"auto"`` (the default: `auto_impl`'s pick for this backend, shape and dtype),
-        ``"xla"``, ``"direct"``, ``"im2col"`` or ``"hybrid"``; all give the same numbers.
+        ``"xla"``, ``"direct"``, ``"im2col"``, ``"hybrid"`` or ``"onednn"`` (CPU; float32, and
+        bfloat16 where the CPU has a oneDNN kernel; never float64: oneDNN has none, and
+        ``"auto"`` does not pick it there); all give the same numbers (to float rounding).
       precision: the internal precision of the contraction, passed to ``lax`` (every impl):
         ``None`` means JAX's default, which for float32 is true float32 on CPU, TF32 on NVIDIA
         Ampere and newer GPUs, and one bfloat16 pass on TPU; ``"highest"`` (or
         ``lax.Precision.HIGHEST``) gives true float32 everywhere. See the README's "Precision".
+        ``"onednn"`` ignores it: its float32 is always true float32.
 
     Returns:
       ``(*batch, *out_spatial, c_out)`` with ``out = floor((W + lo + hi - dilation*(F-1) - 1)/S) + 1``.
 
     Raises:
       ShapeError: shapes that do not fit (channels, groups, bias, kernel larger than the input).
-      ValueError: bad hyperparameters (strides, padding, names).
-      TypeError: integer input (cast to float first), or something that is not an array.
+      ValueError: bad hyperparameters (strides, padding, names), or ``impl="onednn"`` where it
+        is not available (`backends` says why) or off the CPU.
+      TypeError: integer input (cast to float first), something that is not an array, or
+        ``impl="onednn"`` with a dtype it has no kernel for (float64, float16).
 
     >>> x = jnp.ones((32, 32, 3)); k = jnp.ones((5, 5, 3, 10))
     >>> conv(x, k).shape
@@ -532,8 +642,64 @@ def conv(
     return conv_with_spec(spec, x, kernel, bias, impl=impl, precision=precision, where=where)
 
 
-def _conv_transpose(x, kernel, bias, geo: ConvTransposeGeometry, precision) -> jax.Array:
+def auto_transpose_impl(geo: ConvTransposeGeometry, backend: str | None = None, dtype=None) -> str:
+    """The implementation ``conv_transpose(..., impl="auto")`` picks: ``"onednn"`` on a CPU with
+    one device for the dtypes it supports (float32, and bfloat16 where the CPU has a oneDNN
+    kernel; never float64), else ``"xla"`` (as `auto_impl`).
+
+    >>> geo = shapes.conv_transpose_geometry(shapes.conv_transpose_spec(3, 2), (8, 8, 4), (3, 3, 4, 2))
+    >>> auto_transpose_impl(geo, "gpu")
+    'xla'
+    """
+    del geo  # oneDNN's backward-data kernel won wherever it runs (experiments/RESULTS.md)
+    backend = backend or jax.default_backend()
+    if backend == "cpu" and _onednn_auto(dtype):
+        return "onednn"
+    return "xla"
+
+
+def _conv_transpose_onednn(x, kernel, bias, geo: ConvTransposeGeometry) -> jax.Array:
+    """A transposed conv as oneDNN's input-gradient kernel of the conv it transposes.
+
+    That conv maps the ``out_spatial`` output back to ``x``'s size with padding (lo, hi -
+    output_padding); its kernel is this one with in/out roles swapped per group (the kernel
+    moves, never the activations). Rows a negative high padding would hide are never read by
+    it, so their gradient is zero: computed on the shorter input, then padded with zeros.
+    """
+    d = len(geo.kernel_size)
+    g = geo.groups
+    cg, og = geo.in_channels // g, kernel.shape[-1]
+    # (*k, g*cg, og) -> (*k, og, g*cg): the forward conv reads og channels per group.
+    w = jnp.moveaxis(kernel.reshape(geo.kernel_size + (g, cg, og)), d + 2, d).reshape(
+        geo.kernel_size + (og, g * cg)
+    )
+    cut = tuple(max(0, op - hi) for (_, hi), op in zip(geo.crop, geo.output_padding))
+    padding = tuple((lo, max(0, hi - op)) for (lo, hi), op in zip(geo.crop, geo.output_padding))
+    n = math.prod(geo.batch_shape)
+    y = onednn.conv_input_gradient(
+        x.reshape((n,) + x.shape[len(geo.batch_shape) :]),
+        w,
+        tuple(size - c for size, c in zip(geo.out_spatial, cut)),
+        strides=geo.strides,
+        padding=padding,
+        dilation=geo.dilation,
+        groups=g,
+    )
+    if any(cut):
+        zero = jnp.zeros((), y.dtype)
+        y = lax.pad(y, zero, [(0, 0, 0)] + [(0, c, 0) for c in cut] + [(0, 0, 0)])
+    return add_bias(y.reshape(geo.out_shape), bias)
+
+
+def _conv_transpose(
+    x, kernel, bias, geo: ConvTransposeGeometry, precision, impl: str = "auto", where: str = "conv_transpose"
+) -> jax.Array:
     """The transposed convolution on checked operands and their concrete geometry."""
+    if impl == "auto":
+        impl = auto_transpose_impl(geo, dtype=x.dtype)
+    if impl == "onednn":
+        _check_onednn(x.dtype, where)
+        return _conv_transpose_onednn(x, kernel, bias, geo)
     d = len(geo.kernel_size)
     # A transposed conv is a stride-1 conv over the input dilated by the stride, with the kernel
     # flipped and its in/out roles swapped, padded by dilation*(F-1) minus PyTorch's crop.
@@ -552,7 +718,14 @@ def _conv_transpose(x, kernel, bias, geo: ConvTransposeGeometry, precision) -> j
 
 
 def conv_transpose_with_spec(
-    spec: ConvTransposeSpec, x, kernel, bias=None, *, precision=None, where: str = "conv_transpose"
+    spec: ConvTransposeSpec,
+    x,
+    kernel,
+    bias=None,
+    *,
+    precision=None,
+    impl: str = "auto",
+    where: str = "conv_transpose",
 ) -> jax.Array:
     """`conv_transpose` with its hyperparameters already checked (a `ConvTranspose` layer's
     ``apply``): checks the operands against ``spec``, nothing else.
@@ -565,7 +738,7 @@ def conv_transpose_with_spec(
     geo = shapes.conv_transpose_geometry(
         spec, x.shape, kernel.shape, None if bias is None else bias.shape, where=where
     )
-    return _conv_transpose(x, kernel, bias, geo, precision)
+    return _conv_transpose(x, kernel, bias, geo, precision, impl, where)
 
 
 def conv_transpose(
@@ -579,6 +752,7 @@ def conv_transpose(
     dilation=1,
     groups: int = 1,
     precision=None,
+    impl: str = "auto",
 ) -> jax.Array:
     """Transposed convolution with PyTorch's ``ConvTranspose{1,2,3}d`` semantics, channels last.
 
@@ -599,14 +773,24 @@ def conv_transpose(
         ``None`` means JAX's default, which for float32 is true float32 on CPU, TF32 on NVIDIA
         Ampere and newer GPUs, and one bfloat16 pass on TPU; ``"highest"`` (or
         ``lax.Precision.HIGHEST``) gives true float32 everywhere. See the README's "Precision".
+        oneDNN ignores it: its float32 is always true float32.
+      impl: ``"auto"`` (`auto_transpose_impl`'s pick), ``"xla"`` (one dilated
+        ``lax.conv_general_dilated``) or ``"onednn"`` (oneDNN's input-gradient kernel; CPU,
+        float32 / bfloat16, see `conv`).
 
     Returns:
       ``(*batch, *out_spatial, c_out)``.
+
+    Raises:
+      ShapeError: shapes that do not fit.
+      ValueError: bad hyperparameters, or ``impl="onednn"`` where it is not available.
+      TypeError: ``impl="onednn"`` with a dtype it has no kernel for (float64, float16).
 
     >>> conv_transpose(jnp.ones((3, 3, 4)), jnp.ones((3, 3, 4, 2)), strides=2).shape
     (7, 7, 2)
     """
     where = "conv_transpose"
+    impl = checks.one_of(impl, TRANSPOSE_CHOICES, where, "impl")
     kernel = checks.as_array(kernel, where, "kernel", "inexact")
     spec = shapes.conv_transpose_spec(
         shapes.kernel_size_of(kernel.shape, where, shapes.CONV_TRANSPOSE_KERNEL_LAYOUT),
@@ -617,4 +801,4 @@ def conv_transpose(
         groups,
         where=where,
     )
-    return conv_transpose_with_spec(spec, x, kernel, bias, precision=precision, where=where)
+    return conv_transpose_with_spec(spec, x, kernel, bias, precision=precision, impl=impl, where=where)
