@@ -26,122 +26,21 @@ For symmetric padding ``P`` and no dilation this is the seed's ``(W - F + 2P)/S 
 """
 
 from jcnn.checks import ShapeError
+from jcnn.shapes import counts, fit, geometry, padding, receptive, sizes, specs
 from jcnn.shapes._arith import Pair, Shape
-from jcnn.shapes.counts import (
-    activation_bytes,
-    conv_flops,
-    conv_params,
-    conv_transpose_flops,
-    dense_flops,
-    dense_params,
-    pool_flops,
-)
-from jcnn.shapes.fit import FitReport, explain_fit, fit_warning
-from jcnn.shapes.geometry import (
-    CONV_KERNEL_LAYOUT,
-    CONV_TRANSPOSE_KERNEL_LAYOUT,
-    AdaptivePoolGeometry,
-    ConvGeometry,
-    ConvTransposeGeometry,
-    PoolGeometry,
-    adaptive_pool_geometry,
-    check_input,
-    conv_geometry,
-    conv_transpose_geometry,
-    kernel_size_of,
-    pool_geometry,
-)
-from jcnn.shapes.padding import (
-    PADDING_MODES,
-    PADDING_NAMES,
-    PaddingLike,
-    canonicalize_padding,
-    canonicalize_padding_mode,
-    resolve_padding,
-)
-from jcnn.shapes.receptive import ReceptiveField, receptive_field_step
-from jcnn.shapes.sizes import (
-    adaptive_output_shape,
-    adaptive_windows,
-    conv_output_shape,
-    conv_output_size,
-    conv_transpose_output_shape,
-    conv_transpose_output_size,
-    pool_output_shape,
-)
-from jcnn.shapes.specs import (
-    AdaptivePoolSpec,
-    ConvSpec,
-    ConvTransposeSpec,
-    PoolSpec,
-    adaptive_pool_spec,
-    canonicalize_ints,
-    canonicalize_window,
-    check_pool_padding,
-    conv_spec,
-    conv_transpose_spec,
-    global_pool_spec,
-    pool_spec,
-)
+from jcnn.shapes.counts import *  # noqa: F403
+from jcnn.shapes.fit import *  # noqa: F403
+from jcnn.shapes.geometry import *  # noqa: F403
+from jcnn.shapes.padding import *  # noqa: F403
+from jcnn.shapes.receptive import *  # noqa: F403
+from jcnn.shapes.sizes import *  # noqa: F403
+from jcnn.shapes.specs import *  # noqa: F403
 
-__all__ = [
-    "ShapeError",
-    "Shape",
-    "Pair",
-    "PaddingLike",
-    # padding forms
-    "PADDING_NAMES",
-    "PADDING_MODES",
-    "canonicalize_padding",
-    "canonicalize_padding_mode",
-    "resolve_padding",
-    # specs
-    "canonicalize_window",
-    "canonicalize_ints",
-    "ConvSpec",
-    "ConvTransposeSpec",
-    "PoolSpec",
-    "AdaptivePoolSpec",
-    "conv_spec",
-    "conv_transpose_spec",
-    "pool_spec",
-    "check_pool_padding",
-    "adaptive_pool_spec",
-    "global_pool_spec",
-    # output sizes
-    "conv_output_size",
-    "conv_output_shape",
-    "conv_transpose_output_size",
-    "conv_transpose_output_shape",
-    "pool_output_shape",
-    "adaptive_windows",
-    "adaptive_output_shape",
-    # the fit explainer
-    "FitReport",
-    "explain_fit",
-    "fit_warning",
-    # counts
-    "conv_params",
-    "dense_params",
-    "conv_flops",
-    "conv_transpose_flops",
-    "dense_flops",
-    "pool_flops",
-    "activation_bytes",
-    # receptive fields
-    "ReceptiveField",
-    "receptive_field_step",
-    # geometry
-    "CONV_KERNEL_LAYOUT",
-    "CONV_TRANSPOSE_KERNEL_LAYOUT",
-    "check_input",
-    "kernel_size_of",
-    "ConvGeometry",
-    "ConvTransposeGeometry",
-    "PoolGeometry",
-    "AdaptivePoolGeometry",
-    "conv_geometry",
-    "conv_transpose_geometry",
-    "pool_geometry",
-    "adaptive_pool_geometry",
-]
+__all__ = ["ShapeError", "Shape", "Pair"]
+__all__ += padding.__all__
+__all__ += specs.__all__
+__all__ += sizes.__all__
+__all__ += fit.__all__
+__all__ += counts.__all__
+__all__ += receptive.__all__
+__all__ += geometry.__all__

@@ -102,15 +102,27 @@ def conv_transpose_flops(
 
 
 def dense_flops(in_features: int, out_features: int, *, bias: bool = True) -> int:
-    """FLOPs of one example through a dense layer: ``2*in*out (+ out)``."""
+    """FLOPs of one example through a dense layer: ``2*in*out (+ out)``.
+
+    >>> dense_flops(2450, 500)
+    2450500
+    """
     return 2 * in_features * out_features + (out_features if bias else 0)
 
 
 def pool_flops(out_spatial, window_shape, channels: int) -> int:
-    """FLOPs of pooling: one compare or add per window element per output."""
+    """FLOPs of pooling: one compare or add per window element per output.
+
+    >>> pool_flops((14, 14), (2, 2), 20)
+    15680
+    """
     return math.prod(out_spatial) * channels * math.prod(window_shape)
 
 
 def activation_bytes(shape: Sequence[int], itemsize: int = 4) -> int:
-    """Bytes held by one activation of ``shape`` (float32 by default)."""
+    """Bytes held by one activation of ``shape`` (float32 by default).
+
+    >>> activation_bytes((28, 28, 20))
+    62720
+    """
     return math.prod(shape) * itemsize

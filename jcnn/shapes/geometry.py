@@ -250,19 +250,9 @@ def conv_geometry(
         if spec.exact:
             _check_exact(w, k, s, lo, hi, r, where, f"spatial dim {i} of input shape {x_shape}")
     return ConvGeometry(
-        batch,
-        in_spatial,
-        c_in,
-        c_out,
-        spec.kernel_size,
-        spec.strides,
-        spec.dilation,
-        pads,
-        spec.padding_mode,
-        tuple(out_spatial),
-        g,
-        (0,) * spec.d,
-    )
+        batch, in_spatial, c_in, c_out, spec.kernel_size, spec.strides, spec.dilation, pads,
+        spec.padding_mode, tuple(out_spatial), g, (0,) * spec.d,
+    )  # fmt: skip
 
 
 def conv_transpose_geometry(
@@ -300,20 +290,11 @@ def conv_transpose_geometry(
         raise ShapeError(f"{where}: the kernel must have >= 1 output channel, got shape {kernel_shape}.")
     c_out = kernel_shape[-1] * g
     _check_bias(bias_shape, c_out, where)
+    out_spatial = _transpose_out(spec, in_spatial, where)
     return ConvTransposeGeometry(
-        batch,
-        in_spatial,
-        c_in,
-        c_out,
-        spec.kernel_size,
-        spec.strides,
-        spec.dilation,
-        spec.crop,
-        "zeros",
-        _transpose_out(spec, in_spatial, where),
-        g,
-        spec.output_padding,
-    )
+        batch, in_spatial, c_in, c_out, spec.kernel_size, spec.strides, spec.dilation, spec.crop,
+        "zeros", out_spatial, g, spec.output_padding,
+    )  # fmt: skip
 
 
 class PoolGeometry(NamedTuple):

@@ -85,7 +85,17 @@ def conv_spec(
 ) -> ConvSpec:
     """Check a convolution's hyperparameters once and return them canonical.
 
-    ``kernel_size``: an int (square 2-D) or d ints; the rest as in `jcnn.ops.conv`.
+    Args:
+      kernel_size: an int (square 2-D) or d ints.
+      strides, padding, dilation, groups, padding_mode, exact: as in `jcnn.ops.conv` and
+        `jcnn.layers.Conv`.
+      where: the public function or layer, for messages.
+
+    Returns:
+      A `ConvSpec`.
+
+    Raises:
+      ShapeError / ValueError / TypeError: a hyperparameter of the wrong type or range, named.
 
     >>> conv_spec(5, padding=2)
     ConvSpec(kernel_size=(5, 5), strides=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1), groups=1, padding_mode='zeros', exact=False)
@@ -130,8 +140,18 @@ def conv_transpose_spec(
 ) -> ConvTransposeSpec:
     """Check a transposed convolution's hyperparameters once (PyTorch's ConvTranspose rules).
 
-    ``padding`` is PyTorch's crop: an int, d ints, d ``(lo, hi)`` pairs or ``"VALID"`` (= 0);
-    ``output_padding`` must be smaller than the stride or the dilation.
+    Args:
+      kernel_size: an int (square 2-D) or d ints.
+      strides, dilation, groups: as in `jcnn.ops.conv_transpose`.
+      padding: PyTorch's crop: an int, d ints, d ``(lo, hi)`` pairs or ``"VALID"`` (= 0).
+      output_padding: extra high rows, each smaller than the stride or the dilation.
+      where: the public function or layer, for messages.
+
+    Returns:
+      A `ConvTransposeSpec`.
+
+    Raises:
+      ShapeError / ValueError / TypeError: a hyperparameter of the wrong type or range, named.
 
     >>> conv_transpose_spec(3, 2, 1, 1).crop
     ((1, 1), (1, 1))
@@ -190,6 +210,17 @@ def pool_spec(
     """Check a pooling op's hyperparameters once (PyTorch's rules); ``strides=None`` means
     strides = window, numeric padding is at most half the window on each side.
 
+    Args:
+      window_shape, strides, padding, dilation, ceil_mode, count_include_pad, divisor_override:
+        as in `jcnn.ops.max_pool` and `jcnn.ops.avg_pool`.
+      where: the public function or layer, for messages.
+
+    Returns:
+      A `PoolSpec`.
+
+    Raises:
+      ShapeError / ValueError / TypeError: a hyperparameter of the wrong type or range, named.
+
     >>> pool_spec(2)
     PoolSpec(window_shape=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1), ceil_mode=False, count_include_pad=True, divisor_override=None)
     """
@@ -214,7 +245,17 @@ def pool_spec(
 
 def check_pool_padding(pads, window_shape, where: str = "pool") -> None:
     """PyTorch's rule: pooling padding at most ``window_shape // 2`` on each side (the window
-    before dilation, as PyTorch checks it), so no window reads padding alone."""
+    before dilation, as PyTorch checks it), so no window reads padding alone.
+
+    Raises:
+      ShapeError: a side with more padding.
+
+    >>> check_pool_padding(((1, 1),), (3,))
+    >>> check_pool_padding(((2, 0),), (3,))
+    Traceback (most recent call last):
+    ...
+    jcnn.checks.ShapeError: pool: padding must be at most half the window on each side, got padding (2, 0) for a window of size 3; use padding <= 1.
+    """
     for (lo, hi), k in zip(pads, window_shape):
         half = k // 2
         if lo > half or hi > half:
