@@ -348,7 +348,7 @@ class Layer:
         return hash(self._identity())
 
 
-def _derived(spec: LayerSpec) -> tuple:
+def _derived(spec: LayerSpec) -> tuple[InitFn, ApplyFn, str, InfoFn | None, RouteFn | None]:
     """``(init, apply, name, info, route)`` of the layer ``spec`` defines."""
     info = spec.info if isinstance(spec, LeafSpec) else None
     route = spec.route if isinstance(spec, CombinatorSpec) else None
