@@ -1,12 +1,16 @@
 """jcnn: a functional CNN library for JAX.
 
 ``jcnn.ops`` (conv, pooling), ``jcnn.shapes`` (shape arithmetic), ``jcnn.layers`` ((init, apply)
-pairs), ``jcnn.summary`` (per-layer table), ``jcnn.convert``, ``jcnn.data``, ``jcnn.train``,
-``jcnn.models``.
+pairs derived from frozen specs), ``jcnn.initializers``, ``jcnn.summary`` (per-layer table),
+``jcnn.convert``, ``jcnn.data``, ``jcnn.train``, ``jcnn.models``.
 
 Submodules load on first use (PEP 562 ``__getattr__``): ``import jcnn.ops`` or
-``import jcnn.shapes`` does not pay for ``jcnn.train``'s optax, flax and orbax imports (issue 9),
-while ``jcnn.train``, ``jcnn.data`` ... still work as attributes after ``import jcnn``.
+``import jcnn.shapes`` does not pay for ``jcnn.train``'s optax and orbax imports, while
+``jcnn.train``, ``jcnn.data`` ... still work as attributes after ``import jcnn``.
+
+>>> import jcnn
+>>> jcnn.shapes.conv_output_size(32, 5)
+28
 """
 
 import importlib
@@ -15,12 +19,13 @@ import types
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("ops", "shapes", "layers", "convert", "data", "train", "models")
+_SUBMODULES = ("ops", "shapes", "layers", "initializers", "convert", "data", "train", "models")
 
 __all__ = [
     "ops",
     "shapes",
     "layers",
+    "initializers",
     "summary",
     "Summary",
     "convert",

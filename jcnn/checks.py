@@ -1,4 +1,4 @@
-"""The argument validators every jcnn module uses: ints, bools, choices, callables, ranks, dtypes.
+"""The argument validators every jcnn module uses: ints, bools, choices, divisibility, arrays, dtypes.
 
 Each takes the value, ``where`` (the public function or layer the user called) and ``name``
 (the argument, as the user wrote it), and returns the canonical value or raises a TypeError /
@@ -12,7 +12,7 @@ numpy: no jax import.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,8 +23,6 @@ __all__ = [
     "as_ints",
     "as_bool",
     "one_of",
-    "as_callable",
-    "check_ndim",
     "divisible",
     "as_array",
     "accumulator_dtype",
@@ -136,34 +134,6 @@ def one_of(value, choices: Sequence[str], where: str, name: str, *, case_insensi
                 return choice
     listed = ", ".join(repr(c) for c in choices)
     raise ValueError(f"{where}: `{name}` must be one of {listed}, got {value!r}.")
-
-
-def as_callable(fn, where: str, name: str, signature: str) -> Callable:
-    """``fn`` if it is callable; ``signature`` says what it is called with, e.g. "(key, shape, dtype)".
-
-    >>> as_callable(print, "Conv", "kernel_init", "(key, shape, dtype) -> array") is print
-    True
-    """
-    if not callable(fn):
-        raise TypeError(f"{where}: `{name}` must be a callable {signature}, got {fn!r}.")
-    return fn
-
-
-def check_ndim(
-    shape: Sequence[int], minimum: int, where: str, what: str, layout: str, hint: str = ""
-) -> None:
-    """``len(shape) >= minimum``, else a ShapeError naming the expected ``layout``.
-
-    >>> check_ndim((28, 28), 3, "conv", "x", "(*batch, h, w, channels)")
-    Traceback (most recent call last):
-    ...
-    jcnn.checks.ShapeError: conv: `x` must have shape (*batch, h, w, channels), at least 3 dims, got shape (28, 28).
-    """
-    if len(shape) < minimum:
-        raise ShapeError(
-            f"{where}: `{what}` must have shape {layout}, at least {minimum} dims, got shape {tuple(shape)}."
-            + (f" {hint}" if hint else "")
-        )
 
 
 def divisible(count: int, groups: int, where: str, what: str, detail: str = "") -> None:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn.layers.base import Layer, input_shape_of, output_shape
-from jcnn.layers.combinators import serial
+from jcnn.layers._examples import input_shape_of
+from jcnn.layers.base import Layer
+from jcnn.layers.combinators import SerialSpec, serial
 from jcnn.layers.conv import Conv
 from jcnn.layers.dense import Dense
+from jcnn.layers.tree import output_shape
 from jcnn.models import CIFAR_RESNET_DEPTHS, MOBILENET_V2_SETTINGS, RESNET_DEPTHS, VGG_CONFIGS
 from jcnn.shapes import ShapeError
 
@@ -60,7 +62,7 @@ def dense_to_conv(params, input_shape) -> tuple[Layer, dict]:
     >>> _, dense_params, _ = Dense(10).init(jax.random.key(0), (7 * 7 * 50,))
     >>> conv, conv_params = dense_to_conv(dense_params, (7, 7, 50))
     >>> conv, conv_params["kernel"].shape
-    (Conv(10, (7, 7)), (7, 7, 50, 10))
+    (Conv(10, 7), (7, 7, 50, 10))
     """
     where = "dense_to_conv"
     shape = input_shape_of(input_shape, where)
@@ -162,10 +164,9 @@ def convolutionalize(model: Layer, params, input_shape) -> tuple[Layer, tuple]:
     (5, 5, 10)
     """
     where = "convolutionalize"
-    # serial's name is what identifies it: the only combinator whose children run one after another.
-    if not isinstance(model, Layer) or model.name != "serial":
+    if not isinstance(model, Layer) or not isinstance(model.spec, SerialSpec):
         raise TypeError(f"{where}: `model` must be a serial(...) Layer, got {model!r}.")
-    children = [child for _, child in model.children]
+    children = list(model.spec.layers)
     if not isinstance(params, (tuple, list)) or len(params) != len(children):
         raise ValueError(f"{where}: `params` must be a tuple with one entry per layer ({len(children)}).")
     shape = input_shape_of(input_shape, where)
@@ -330,9 +331,6 @@ class TorchEntry(NamedTuple):
     flatten_shape: tuple | None = None
 
 
-_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
 def _vgg_layout(cfg, batch_norm: bool) -> list[TorchEntry]:
     entries, i = [], 0
     for v in cfg:
@@ -459,9 +457,9 @@ def _group_kind(group) -> str:
 class _Plan(NamedTuple):
     layout: list  # TorchEntry per weighted layer
     groups: list  # the params' weighted layers, in tree order
-    params_def: object
+    params_def: Any
     bn_states: list  # BatchNorm states, in tree order
-    state_def: object
+    state_def: Any
     shapes: dict  # torch key -> (torch shape, jcnn dtype), in load order
 
 

@@ -6,7 +6,8 @@ CIFAR ResNets of He et al. 2016.
 Each constructor takes ``(num_classes, input_shape)`` with ``input_shape`` the shape of ONE
 image ``(h, w, c)``, checks that the architecture fits that size, and returns a per-example
 `jcnn.layers.Layer` whose output is ``(num_classes,)`` logits (no softmax: the loss takes
-logits). Parameters are float32. `MODELS` maps the names the experiment scripts accept to the
+logits) and remembers ``input_shape`` (``model.input_shape``, which `jcnn.train.fit` checks the
+data against). Parameters are float32. `MODELS` maps the names the experiment scripts accept to the
 constructors. The classic architectures' params load from a PyTorch ``state_dict`` with
 `jcnn.convert.from_torch_state_dict`; their layers are ordered as torchvision registers its
 modules, which that loader relies on.
@@ -14,12 +15,13 @@ modules, which that loader relies on.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from jcnn.checks import as_bool
+from jcnn.checks import as_bool, as_int
 from jcnn.layers import (
     AdaptiveAvgPool,
     BatchNorm,
@@ -30,10 +32,12 @@ from jcnn.layers import (
     GlobalAvgPool,
     Layer,
     LayerInfo,
+    LeafSpec,
     MaxPool,
     Relu,
     Relu6,
     RFWindow,
+    Windows,
     residual,
     serial,
 )
@@ -120,7 +124,8 @@ def lenet(num_classes: int = 10, input_shape=(28, 28, 1), *, drop_rate: float = 
     serial(Conv(20, 5, padding=2), Relu(), MaxPool(2), Conv(50, 5, padding=2), Relu(), MaxPool(2), Flatten(), Dense(500), Relu(), Dense(10))
     """
     where = "lenet"
-    num_classes, (h, w, _) = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
+    h, w, _ = shape
     drop_rate = _check_rate(where, drop_rate)
     if min(h, w) < 4:
         raise ValueError(
@@ -130,16 +135,19 @@ def lenet(num_classes: int = 10, input_shape=(28, 28, 1), *, drop_rate: float = 
     head = [Dense(500), Relu()]
     if drop_rate:
         head.append(Dropout(drop_rate))
-    return serial(
-        Conv(20, 5, padding=2),
-        Relu(),
-        MaxPool(2),
-        Conv(50, 5, padding=2),
-        Relu(),
-        MaxPool(2),
-        Flatten(),
-        *head,
-        Dense(num_classes),
+    return _declared(
+        shape,
+        serial(
+            Conv(20, 5, padding=2),
+            Relu(),
+            MaxPool(2),
+            Conv(50, 5, padding=2),
+            Relu(),
+            MaxPool(2),
+            Flatten(),
+            *head,
+            Dense(num_classes),
+        ),
     )
 
 
@@ -178,7 +186,7 @@ def allconv(
     [(8, 8, 32), (4, 4, 32), (4, 4, 64), (2, 2, 64), (2, 2, 64), (2, 2, 64), (2, 2, 10)]
     """
     where = "allconv"
-    num_classes, _ = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
     widths = _check_widths(where, widths)
     layers = []
@@ -188,7 +196,7 @@ def allconv(
             layers.append(Dropout(drop_rate))
     k = widths[-1]
     layers += [Conv(k, 3, padding=1), Relu(), Conv(k, 1), Relu(), Conv(num_classes, 1), GlobalAvgPool()]
-    return serial(*layers)
+    return _declared(shape, serial(*layers))
 
 
 #: How `small_vgg` halves the image after each stage.
@@ -216,7 +224,7 @@ def small_vgg(
     ``4**stages`` times as many features). Then ``Flatten → Dense(hidden) → Relu →
     [Dropout] → Dense(num_classes)``. ``"max"``, ``"strided"`` and ``"none"`` have the same
     convolutions, so they isolate what the downsampling does (``experiments/claims_at_scale.py``); ``"max"`` with the defaults is the zoo's
-    Fashion-MNIST record model (94.66 % in 30 epochs, ``experiments/RESULTS.md``).
+    Fashion-MNIST record model (its accuracy and command: ``experiments/RESULTS.md``).
 
     Args:
         num_classes: number of logits.
@@ -243,7 +251,7 @@ def small_vgg(
     [(4, 4, 128), (4, 4, 128), (4, 4, 128), (28, 28, 128)]
     """
     where = "small_vgg"
-    num_classes, _ = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
     widths = _check_widths(where, widths)
     if downsample not in DOWNSAMPLES:
@@ -265,7 +273,7 @@ def small_vgg(
         elif downsample == "conv":
             layers += conv(k, 2)
     drop = [Dropout(drop_rate)] if drop_rate else []
-    return serial(*layers, Flatten(), Dense(hidden), Relu(), *drop, Dense(num_classes))
+    return _declared(shape, serial(*layers, Flatten(), Dense(hidden), Relu(), *drop, Dense(num_classes)))
 
 
 def mlp(num_classes: int = 10, input_shape=(28, 28, 1), *, hidden: int | Sequence[int] = 256) -> Layer:
@@ -283,14 +291,14 @@ def mlp(num_classes: int = 10, input_shape=(28, 28, 1), *, hidden: int | Sequenc
     serial(Flatten(), Dense(128), Relu(), Dense(64), Relu(), Dense(10))
     """
     where = "mlp"
-    num_classes, _ = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
     widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in widths):
         raise ValueError(f"{where}: `hidden` must be a positive int or a sequence of them, got {hidden!r}.")
     layers = [Flatten()]
     for k in widths:
         layers += [Dense(k), Relu()]
-    return serial(*layers, Dense(num_classes))
+    return _declared(shape, serial(*layers, Dense(num_classes)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,39 +331,53 @@ def _check_choice(where: str, name: str, value, choices) -> int:
     return operator.index(value)
 
 
-def _zero_pad_shortcut(strides: int, extra_channels: int) -> Layer:
+@dataclasses.dataclass(frozen=True)
+class ZeroPadShortcutSpec(LeafSpec):
     """He et al. 2016's option A shortcut: subsample by ``strides``, zero-pad channels at the end.
 
     Parameter-free: ``x[::s, ::s]`` then ``extra_channels`` zero channels, split evenly before
     and after as the common CIFAR implementations do (``lo = extra // 2``).
+
+    >>> import jax
+    >>> Layer.of(ZeroPadShortcutSpec(2, 16)).init(jax.random.key(0), (32, 32, 16))[0]
+    (16, 16, 32)
     """
-    lo, hi = extra_channels // 2, extra_channels - extra_channels // 2
 
-    def out_shape(input_shape):
+    name = "ZeroPadShortcut"
+    strides: int
+    extra_channels: int
+
+    def __post_init__(self):
+        self._canonical(
+            strides=as_int(self.strides, self.name, "strides", minimum=1),
+            extra_channels=as_int(self.extra_channels, self.name, "extra_channels", minimum=0),
+        )
+
+    def _out_shape(self, input_shape):
         h, w, c = input_shape
-        return (-(-h // strides), -(-w // strides), c + extra_channels)
+        s = self.strides
+        return (-(-h // s), -(-w // s), c + self.extra_channels)
 
-    def init(key, input_shape):
+    def init(self, key, input_shape, /):
         del key
-        return out_shape(tuple(input_shape)), (), ()
+        return self._out_shape(tuple(input_shape)), (), ()
 
-    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+    def apply(self, params, state, x, /, *, key=None, train=False, batch_ndim=0):
         del params, key, train, batch_ndim
+        lo = self.extra_channels // 2
         # Indexing from the end keeps any leading batch dims untouched.
-        y = x[..., ::strides, ::strides, :]
-        return jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(lo, hi)]), state
+        y = x[..., :: self.strides, :: self.strides, :]
+        return jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(lo, self.extra_channels - lo)]), state
 
-    def info(input_shape):
-        return LayerInfo(out_shape(tuple(input_shape)), 0, 0, rf=(RFWindow(1, strides),) * 2)
+    def info(self, input_shape, /):
+        return LayerInfo(
+            self._out_shape(tuple(input_shape)), 0, 0, rf=Windows((RFWindow(1, self.strides),) * 2)
+        )
 
-    return Layer(
-        init,
-        apply,
-        name="ZeroPadShortcut",
-        info=info,
-        takes_batch=True,
-        description=f"ZeroPadShortcut(strides={strides}, extra_channels={extra_channels})",
-    )
+
+def _declared(input_shape: tuple[int, ...], model: Layer) -> Layer:
+    """``model`` remembering the input shape it was built and checked for (``model.input_shape``)."""
+    return dataclasses.replace(model, input_shape=input_shape)
 
 
 def alexnet(num_classes: int = 1000, input_shape=(224, 224, 3), *, drop_rate: float = 0.5) -> Layer:
@@ -384,33 +406,37 @@ def alexnet(num_classes: int = 1000, input_shape=(224, 224, 3), *, drop_rate: fl
     61100840
     """
     where = "alexnet"
-    num_classes, (h, w, _) = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
+    h, w, _ = shape
     drop_rate = _check_rate(where, drop_rate)
     _min_size(where, h, w, [(11, 4, 2), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 2, 0)])
     drop = [Dropout(drop_rate)] if drop_rate else []
-    return serial(
-        Conv(64, 11, strides=4, padding=2),
-        Relu(),
-        MaxPool(3, strides=2),
-        Conv(192, 5, padding=2),
-        Relu(),
-        MaxPool(3, strides=2),
-        Conv(384, 3, padding=1),
-        Relu(),
-        Conv(256, 3, padding=1),
-        Relu(),
-        Conv(256, 3, padding=1),
-        Relu(),
-        MaxPool(3, strides=2),
-        AdaptiveAvgPool(6),
-        Flatten(),
-        *drop,
-        Dense(4096),
-        Relu(),
-        *drop,
-        Dense(4096),
-        Relu(),
-        Dense(num_classes),
+    return _declared(
+        shape,
+        serial(
+            Conv(64, 11, strides=4, padding=2),
+            Relu(),
+            MaxPool(3, strides=2),
+            Conv(192, 5, padding=2),
+            Relu(),
+            MaxPool(3, strides=2),
+            Conv(384, 3, padding=1),
+            Relu(),
+            Conv(256, 3, padding=1),
+            Relu(),
+            Conv(256, 3, padding=1),
+            Relu(),
+            MaxPool(3, strides=2),
+            AdaptiveAvgPool(6),
+            Flatten(),
+            *drop,
+            Dense(4096),
+            Relu(),
+            *drop,
+            Dense(4096),
+            Relu(),
+            Dense(num_classes),
+        ),
     )
 
 
@@ -480,7 +506,8 @@ def vgg(
     """
     where = "vgg"
     depth = _check_choice(where, "depth", depth, VGG_CONFIGS)
-    num_classes, (h, w, _) = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
+    h, w, _ = shape
     drop_rate = _check_rate(where, drop_rate)
     batch_norm = as_bool(batch_norm, where, "batch_norm")
     _min_size(where, h, w, [(2, 2, 0)] * 5)
@@ -491,17 +518,20 @@ def vgg(
         else:
             layers += [Conv(v, 3, padding=1), *([BatchNorm()] if batch_norm else []), Relu()]
     drop = [Dropout(drop_rate)] if drop_rate else []
-    return serial(
-        *layers,
-        AdaptiveAvgPool(7),
-        Flatten(),
-        Dense(4096),
-        Relu(),
-        *drop,
-        Dense(4096),
-        Relu(),
-        *drop,
-        Dense(num_classes),
+    return _declared(
+        shape,
+        serial(
+            *layers,
+            AdaptiveAvgPool(7),
+            Flatten(),
+            Dense(4096),
+            Relu(),
+            *drop,
+            Dense(4096),
+            Relu(),
+            *drop,
+            Dense(num_classes),
+        ),
     )
 
 
@@ -571,7 +601,7 @@ def _basic_block(in_channels: int, planes: int, strides: int, shortcut: str) -> 
     proj = None
     if strides != 1 or in_channels != planes:
         if shortcut == "A":
-            proj = _zero_pad_shortcut(strides, planes - in_channels)
+            proj = Layer.of(ZeroPadShortcutSpec(strides, planes - in_channels))
         else:
             proj = serial(*_conv_bn(planes, 1, strides))
     return serial(residual(body, proj), Relu())
@@ -623,7 +653,7 @@ def resnet(depth: int, num_classes: int = 1000, input_shape=(224, 224, 3), *, sh
     """
     where = "resnet"
     depth = _check_choice(where, "depth", depth, set(RESNET_DEPTHS) | set(CIFAR_RESNET_DEPTHS))
-    num_classes, _ = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
     if shortcut not in ("A", "B"):
         raise ValueError(f"{where}: `shortcut` must be 'A' or 'B', got {shortcut!r}.")
     if depth in CIFAR_RESNET_DEPTHS:
@@ -635,7 +665,7 @@ def resnet(depth: int, num_classes: int = 1000, input_shape=(224, 224, 3), *, sh
                 strides = 2 if stage > 0 and b == 0 else 1
                 layers.append(_basic_block(in_channels, planes, strides, shortcut))
                 in_channels = planes
-        return serial(*layers, GlobalAvgPool(), Dense(num_classes))
+        return _declared(shape, serial(*layers, GlobalAvgPool(), Dense(num_classes)))
     if shortcut != "A":
         raise ValueError(
             f"{where}: `shortcut` applies to the CIFAR depths {CIFAR_RESNET_DEPTHS} only (the"
@@ -653,7 +683,7 @@ def resnet(depth: int, num_classes: int = 1000, input_shape=(224, 224, 3), *, sh
             else:
                 layers.append(_basic_block(in_channels, planes, strides, "B"))
                 in_channels = planes
-    return serial(*layers, GlobalAvgPool(), Dense(num_classes))
+    return _declared(shape, serial(*layers, GlobalAvgPool(), Dense(num_classes)))
 
 
 def resnet18(num_classes: int = 1000, input_shape=(224, 224, 3)) -> Layer:
@@ -776,7 +806,7 @@ def mobilenet_v2(
     3504872
     """
     where = "mobilenet_v2"
-    num_classes, _ = _check(where, num_classes, input_shape)
+    num_classes, shape = _check(where, num_classes, input_shape)
     drop_rate = _check_rate(where, drop_rate)
     if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
         raise ValueError(f"{where}: `width_mult` must be a number > 0, got {width_mult!r}.")
@@ -790,7 +820,7 @@ def mobilenet_v2(
             in_channels = out_channels
     layers.append(_conv_bn_relu6(last_channels, 1))
     drop = [Dropout(drop_rate)] if drop_rate else []
-    return serial(*layers, GlobalAvgPool(), *drop, Dense(num_classes))
+    return _declared(shape, serial(*layers, GlobalAvgPool(), *drop, Dense(num_classes)))
 
 
 #: The names `experiments/train.py --model` accepts.

@@ -2,8 +2,9 @@
 
 Everything is computed from shapes with `jcnn.shapes` arithmetic: no arrays are allocated and
 nothing is compiled (the model's ``init`` is traced once, abstractly, to validate it). The table
-is a `jcnn.layers.fold` over the model: each combinator's ``info`` routes the fold through its
-children, each leaf's ``info`` gives its row. Nothing here knows any combinator by name.
+is a `jcnn.layers.fold` over the model: each combinator's ``route`` sends the fold through its
+children, each leaf's ``info`` gives its row (its `jcnn.layers.LayerInfo`, with a typed
+receptive-field rule). Nothing here knows any combinator by name.
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from jcnn.layers.base import (
-    GLOBAL,
-    Layer,
-    LayerInfo,
-    abstract_init,
-    fold,
-    initial_rf,
-    input_shape_of,
-    is_shape,
-    numel,
-)
+from jcnn.layers._examples import input_shape_of, is_shape, numel
+from jcnn.layers.base import Layer
+from jcnn.layers.info import Elementwise, Global, LayerInfo, Merge, RFRule, Unknown, Windows
+from jcnn.layers.tree import _abstract_init, fold
 from jcnn.shapes import ReceptiveField, receptive_field_step
 
 __all__ = ["summary", "Summary"]
 
-_UNKNOWN = None  # receptive field that cannot be derived (custom layer without `info`)
+# The receptive field the fold carries: one ReceptiveField per spatial dim, or one of these.
+_GLOBAL, _UNKNOWN = Global(), Unknown()
 
 
 class _Branches(tuple):
@@ -49,21 +44,26 @@ def _rf(flow):
     return flow.rf if isinstance(flow, _Flow) else _Branches(_rf(f) for f in flow)
 
 
-def _step(rf, rule):
+def _initial_rf(input_shape) -> tuple[ReceptiveField, ...]:
+    """The receptive field of the input itself: one pixel per spatial dim (all dims but the last)."""
+    return tuple(ReceptiveField(1, 1, 0.0) for _ in range(max(len(input_shape) - 1, 0)))
+
+
+def _step(rf, rule: RFRule):
     """Receptive field after a layer with the given `LayerInfo.rf` rule."""
-    if rule == "merge":
+    if isinstance(rule, Merge):
         return _union(rf if isinstance(rf, _Branches) else (rf,))
-    if rule == "unknown" or rf is _UNKNOWN:
+    if isinstance(rule, Unknown) or isinstance(rf, Unknown):
         return _UNKNOWN
-    if rule is None:
+    if isinstance(rule, Elementwise):
         return rf
-    if rule == GLOBAL or rf == GLOBAL:
-        return GLOBAL
-    if isinstance(rf, _Branches) or len(rf) != len(rule):
+    if isinstance(rule, Global) or isinstance(rf, Global):
+        return _GLOBAL
+    if not isinstance(rule, Windows) or isinstance(rf, _Branches) or len(rf) != len(rule.windows):
         return _UNKNOWN
     return tuple(
         receptive_field_step(r, w.kernel_size, w.stride, w.pad_lo, w.dilation, transpose=w.transpose)
-        for r, w in zip(rf, rule)
+        for r, w in zip(rf, rule.windows)
     )
 
 
@@ -72,10 +72,10 @@ def _union(rfs):
     flat = []
     for r in rfs:
         flat.extend(r if isinstance(r, _Branches) else (r,))
-    if any(r is _UNKNOWN for r in flat):
+    if any(isinstance(r, Unknown) for r in flat):
         return _UNKNOWN
-    if any(r == GLOBAL for r in flat):
-        return GLOBAL
+    if any(isinstance(r, Global) for r in flat):
+        return _GLOBAL
     if len({len(r) for r in flat}) != 1:
         return _UNKNOWN
     out = []
@@ -97,8 +97,10 @@ def _rf_value(rf) -> Any:
     """Machine-readable receptive field: list of dicts per spatial dim, "global" or None."""
     if isinstance(rf, _Branches):
         return [_rf_value(r) for r in rf]
-    if rf is _UNKNOWN or rf == GLOBAL:
-        return rf
+    if isinstance(rf, Unknown):
+        return None
+    if isinstance(rf, Global):
+        return "global"
     return [{"size": _num(r.size), "jump": _num(r.jump), "start": _num(r.start)} for r in rf]
 
 
@@ -112,7 +114,7 @@ class _Rows:
     def __call__(self, path: tuple[str, ...], layer: Layer, flow) -> _Flow:
         shape, rf = _shape(flow), _rf(flow)
         if layer.info is None:  # a user layer: shapes and params from its init, nothing more
-            out, count = abstract_init(layer, shape)
+            out, count = _abstract_init(layer, shape)
             self.row(path, repr(layer), LayerInfo(out, count, None), _UNKNOWN)
             return _Flow(out, _UNKNOWN)
         info = layer.info(shape)
@@ -162,14 +164,16 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
       padding). ``"global"`` once every unit sees the whole input (after Flatten, a Dense on
       a vector, a global pool). Branches merged by Add / Concat / residual take the union.
       Normalisation layers count as per-pixel (their statistics are ignored). ``None`` where
-      it cannot be derived (a custom layer without ``info``).
-
-    A combinator, built in or your own, shows its children's rows: its ``info`` routes the
-    summary through them (see `jcnn.layers.Layer` and `jcnn.layers.serial`). A layer without
-    ``info`` is one row from its abstract ``init`` (params and output shape only).
+      it cannot be derived (a custom layer without ``info``, or a rule `jcnn.layers.Unknown`).
     - ``padding``: the concrete ``(lo, hi)`` padding per spatial dim (``"SAME"`` resolved; for
       ConvTranspose, PyTorch's crop).
-    - ``warning``: `jcnn.shapes.explain_fit`'s words where a stride leaves input pixels unread.
+    - ``warning``: `jcnn.shapes.fit_warning`'s words where a stride leaves the last input pixels
+      unread (pixels a stride larger than the window skips between windows are not warned about).
+    - ``path``: where the layer sits; these are the paths `jcnn.layers.features` takes.
+
+    A combinator, built in or your own, shows its children's rows: its ``route`` sends the
+    summary through them (see `jcnn.layers.Layer` and `jcnn.layers.serial`). A layer without
+    ``info`` is one row from its abstract ``init`` (params and output shape only).
 
     Args:
       model: a `Layer` with per-example shapes (not ``batched(model)``).
@@ -182,7 +186,7 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
 
     Raises:
       ShapeError / ValueError / TypeError: the model does not fit ``input_shape`` (the same
-        error, with the same path, as ``model.init``).
+        error, with the same path, as ``model.init``), or it is ``batched(model)``.
 
     The lecture's LeNet:
 
@@ -202,9 +206,9 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
     shape = input_shape_of(input_shape, "summary")
     itemsize = jnp.dtype(dtype).itemsize
     # Validate the whole model the way init does (same errors, same paths), abstractly.
-    out_shape, param_count = abstract_init(model, shape)
+    out_shape, param_count = _abstract_init(model, shape)
     rows = _Rows(itemsize)
-    fold(model, _Flow(shape, initial_rf(shape)), rows)
+    fold(model, _Flow(shape, _initial_rf(shape)), rows)
     rows = rows.rows
     flops = [r["flops"] for r in rows]
     totals = {
@@ -218,7 +222,13 @@ def summary(model: Layer, input_shape, *, dtype=jnp.float32) -> Summary:
 
 
 class Summary:
-    """The table `summary` returns: ``rows`` (list of dicts), ``totals`` (dict), ``str()``."""
+    """The table `summary` returns: ``rows`` (list of dicts), ``totals`` (dict), ``str()``.
+
+    >>> from jcnn.layers import Dense
+    >>> table = summary(Dense(3), (4,))
+    >>> table.rows[0]["params"], table.totals["flops"], len(table)
+    (15, 27, 1)
+    """
 
     def __init__(self, input_shape, dtype: str, rows: list[dict], totals: dict):
         self.input_shape = tuple(input_shape)
@@ -317,7 +327,7 @@ def _int(v) -> str:
     return "?" if v is None else f"{v:,}"
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -344,11 +354,15 @@ def _g(x) -> str:
 def _rf_columns(rf) -> tuple[str, str, str]:
     if rf is None:
         return "?", "?", "?"
-    if rf == GLOBAL:
+    if rf == "global":
         return "global", "", ""
-    if rf and isinstance(rf[0], list) or rf and rf[0] is None or rf and rf[0] == GLOBAL:
+    if rf and (isinstance(rf[0], list) or rf[0] is None or rf[0] == "global"):
         cols = [_rf_columns(r) for r in rf]  # branches after parallel
-        return tuple(" | ".join(c[i] for c in cols) for i in range(3))
+        return (
+            " | ".join(c[0] for c in cols),
+            " | ".join(c[1] for c in cols),
+            " | ".join(c[2] for c in cols),
+        )
     if not rf:
         return "-", "-", "-"
     return (

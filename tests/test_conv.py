@@ -30,7 +30,7 @@ IMPLS = ("xla", "direct", "im2col", "hybrid")
 ONEDNN = ("onednn",) if onednn.available() else ()
 IMPLS32 = IMPLS + ONEDNN
 MODES = ("zeros", "reflect", "replicate", "circular")
-JCNN_DIR = os.path.dirname(os.path.abspath(shapes.__file__))
+JCNN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(shapes.__file__)))  # jcnn/ (shapes is a package)
 
 # Oracle statistics, filled by the torch tests and printed once at the end of this module.
 ORACLE: dict[str, list[dict]] = {}

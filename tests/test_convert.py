@@ -55,7 +55,9 @@ def test_dense_to_conv_gives_the_same_numbers_and_slides_over_larger_inputs(x64)
     dense = Dense(6)
     params, _ = init_f64(dense, (math.prod(shape),))
     conv, conv_params = dense_to_conv(params, shape)
-    assert conv_params["kernel"].shape == (5, 4, 3, 6) and repr(conv) == "Conv(6, (5, 4))"
+    assert (
+        conv_params["kernel"].shape == (5, 4, 3, 6) and repr(conv) == "Conv(6, (5, 4), param_dtype='float64')"
+    )  # the repr shows every non-default field
     x = rand((7, 6, 3))
     score_map, _ = jax.jit(conv.apply)(conv_params, (), x)
     assert score_map.shape == (3, 3, 6)
@@ -72,7 +74,7 @@ def test_convolutionalize_a_classifier_into_a_score_map(x64):
     params, state = init_f64(model, (10, 10, 1))
     fcn, fcn_params = convolutionalize(model, params, (10, 10, 1))
     assert [child.name for _, child in fcn.children][:4] == ["Conv", "Relu", "MaxPool", "Conv"]
-    assert repr(fcn.children[3][1]) == "Conv(8, (4, 4))"
+    assert repr(fcn.children[3][1]) == "Conv(8, 4, param_dtype='float64')"
     fcn_state = tuple(s for i, s in enumerate(state) if i != 3)  # Flatten's () is gone
     x = rand((14, 12, 1), 1)
     y, _ = jax.jit(fcn.apply)(fcn_params, fcn_state, x)

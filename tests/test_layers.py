@@ -42,11 +42,12 @@ from jcnn.layers import (
     Tanh,
     apply_child,
     batched,
+    child_path,
+    output_shape,
     parallel,
     residual,
     serial,
 )
-from jcnn.layers.base import child_path, output_shape
 from jcnn.shapes import ShapeError
 
 KEY = jax.random.key(0)
@@ -96,18 +97,18 @@ def test_layer_unpacks_as_a_pair_and_carries_metadata():
     layer = Dense(8, bias=False)
     init, apply = layer
     assert init is layer.init and apply is layer.apply
+    # Each metadata role one field: a leaf's info, a combinator's route, the declared input.
     assert [f.name for f in dataclasses.fields(Layer)] == [
         "init",
         "apply",
         "name",
         "spec",
-        "children",
         "info",
-        "takes_batch",
-        "description",
+        "route",
+        "input_shape",
     ]
     assert not hasattr(layer, "__dict__")  # slots: the fields above are all there is
-    assert (layer.name, layer.takes_batch) == ("Dense", True)
+    assert layer.name == "Dense" and layer.route is None and layer.input_shape is None
     assert layer.spec.out_features == 8 and layer.spec.bias is False and layer.spec.precision is None
     assert repr(layer) == "Dense(8, bias=False)"
     info = layer.info((3, 5))
@@ -116,36 +117,50 @@ def test_layer_unpacks_as_a_pair_and_carries_metadata():
     assert repr(conv) == "Conv(8, 3, strides=2, padding=1)"
     assert conv.info((9, 9, 3)).padding == ((1, 1), (1, 1))
     model = serial(conv, Relu())
+    # Children are derived from the route, never stored beside it.
     assert [seg for seg, _ in model.children] == ["serial[0]", "serial[1]"]
-    assert model.children[0][1] is conv and model.takes_batch
+    assert model.children[0][1] is conv and model.info is None and model.route is not None
     with pytest.raises(dataclasses.FrozenInstanceError):
         layer.name = "x"
     assert hash(Dense(8, bias=False).spec) == hash(layer.spec)
+    assert Dense(8, bias=False) == layer and hash(Dense(8, bias=False)) == hash(layer)
 
 
-def test_replace_keeps_metadata_and_custom_layers_work():
+def test_spec_layers_cannot_drift_and_custom_layers_work():
     layer = Relu()
-    replaced = dataclasses.replace(layer, apply=lambda p, s, x, *, key=None, train=False: (x + 1, s))
-    assert replaced.name == "Relu" and replaced.apply((), (), jnp.zeros(2))[0].tolist() == [1, 1]
+    # The functions of a spec'd layer are its spec's: swapping one in is refused, not ignored.
+    with pytest.raises(TypeError, match=r"Relu's init, apply, name, info and route come from its spec"):
+        dataclasses.replace(layer, apply=lambda p, s, x, *, key=None, train=False, batch_ndim=0: (x + 1, s))
+    conv = Conv(8, 3)
+    with pytest.raises(TypeError, match=r"layer.replace\(field=value\)"):
+        dataclasses.replace(conv, spec=conv.spec.replace(impl="xla"))
 
     def init(key, input_shape):
         return input_shape, {"w": jnp.ones(input_shape[-1])}, ()
 
     def apply(params, state, x, *, key=None, train=False):
-        return x * params["w"], state
+        assert x.ndim == 2  # one example, never the batch
+        return x * params["w"][None, :], state
 
-    custom = Layer(init, apply, name="Scale")
+    # Written for one example: wrapped once, it runs under vmap on a batch.
+    custom = Layer.per_example(init, apply, name="Scale")
     out, params, state = serial(custom, Relu()).init(KEY, (2, 3))
-    assert out == (2, 3) and custom.info is None and custom.spec is None and not custom.takes_batch
+    assert out == (2, 3) and custom.info is None and custom.spec is None and custom.route is None
     assert repr(custom) == "Scale"
+    y, _ = custom.apply(params[0], (), jnp.ones((4, 2, 3)), batch_ndim=1)
+    assert y.shape == (4, 2, 3)
     with pytest.raises(TypeError, match="must be callables"):
         Layer(1, apply)
-    with pytest.raises(
-        TypeError, match=r"Layer: `children` must be a tuple of \(path_segment, Layer\) pairs"
-    ):
-        Layer(init, apply, children=[("a", custom)])
-    with pytest.raises(TypeError, match=r"Layer: `takes_batch` must be True or False"):
-        Layer(init, apply, takes_batch=1)
+    # The same apply given straight to Layer: refused with the fix, not a TypeError inside jit.
+    with pytest.raises(TypeError, match=r"Layer: Scale's `apply` takes no `batch_ndim=`.*Layer.per_example"):
+        Layer(init, apply, name="Scale")
+    with pytest.raises(TypeError, match=r"has both `info` .* and `route`"):
+        Layer(init, custom.apply, info=Relu().info, route=serial(Relu()).route)
+    with pytest.raises(TypeError, match=r"Scale.replace: a layer made from functions has no spec"):
+        custom.replace(name="x")
+    assert dataclasses.replace(custom, input_shape=[2, 3]).input_shape == (2, 3)
+    with pytest.raises(ShapeError, match=r"`input_shape` must be positive ints"):
+        dataclasses.replace(custom, input_shape=(0, 3))
 
 
 def test_child_ops_are_named_by_their_path():
@@ -255,10 +270,12 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
     # The summary's arithmetic (info, folded through combinators) agrees with init.
     assert output_shape(layer, shape) == out_shape
     # Two leading batch dims straight into apply, training mode.
-    assert layer.takes_batch
     x2 = jax.ShapeDtypeStruct((2, 3, *shape), jnp.float32)
     y2, s2 = jax.eval_shape(
-        lambda p, s, x: apply_child(layer, p, s, x, key=KEY, train=True, batch_ndim=2), params, state, x2
+        lambda p, s, x: apply_child("top", layer, p, s, x, key=KEY, train=True, batch_ndim=2),
+        params,
+        state,
+        x2,
     )
     assert _tree_shapes(y2) == jax.tree_util.tree_map(
         lambda s: (2, 3, *s),
@@ -278,7 +295,7 @@ def test_init_shape_equals_eval_shape_of_apply(name, make, shape):
 def test_param_counts_from_init_equal_info():
     for name, make, shape in CASES:
         layer = make()
-        if layer.info is None or layer.children:
+        if layer.info is None:
             continue
         _, params, _ = abstract_init(layer, shape)
         count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
@@ -474,7 +491,7 @@ def test_batched_dense_sees_the_real_batch_and_a_user_layer_falls_back_to_vmap(m
         seen_by_user.append(tuple(x.shape))
         return x / jnp.sum(jnp.abs(x)), state
 
-    normalise = Layer(init, apply, name="Normalise")
+    normalise = Layer.per_example(init, apply, name="Normalise")
     model = serial(Dense(4), Relu(), normalise, Dense(2))
     _, params, state = model.init(KEY, (3,))
     xs = rand((5, 3), dtype=jnp.float32)

@@ -668,7 +668,8 @@ def padding_calls(monkeypatch):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shapes, "canonicalize_padding", counted)
+    # The module that owns it: every caller in jcnn looks it up there.
+    monkeypatch.setattr(shapes.padding, "canonicalize_padding", counted)
     return calls
 
 
@@ -749,7 +750,8 @@ def test_geometry_carries_mode_and_names_the_crop():
     assert g.padding_mode == "circular" and g.padding == ((1, 1), (1, 1)) and g.out_shape == (2, 5, 5, 4)
     t = shapes.conv_transpose_geometry(shapes.conv_transpose_spec(3, 2, 1, 1), (5, 5, 3), (3, 3, 3, 2))
     assert t.crop == ((1, 1), (1, 1)) and t.output_padding == (1, 1) and t.out_shape == (10, 10, 2)
-    assert not hasattr(t, "padding")
+    # One record for both convs: the transposed one's padding is PyTorch's crop.
+    assert isinstance(t, shapes.ConvGeometry) and t.padding == t.crop and g.output_padding == (0, 0)
     # The geometry checks the kernel it is given against the spec's kernel_size.
     with pytest.raises(
         ShapeError, match=r"`kernel` must have shape .*kernel_size \(3, 3\), got shape \(5, 5, 3, 4\)"

@@ -24,7 +24,9 @@ from jcnn.layers import (
     Layer,
     MaxPool,
     Relu,
+    apply_child,
     batched,
+    init_child,
     parallel,
     residual,
     serial,
@@ -134,7 +136,7 @@ def test_nested_paths_and_residual_rows():
         "serial[7]",
     ]
     assert table.rows[4]["output_shape"] == (6, 6, 5)
-    assert table.rows[8]["flops"] == 6 * 6 * 5 and table.rows[8]["layer"] == "Add (residual)"
+    assert table.rows[8]["flops"] == 6 * 6 * 5 and table.rows[8]["layer"] == "Add()"
     assert table.rows[6]["params"] == 10  # BatchNorm scale and shift
     assert table.totals["params"] == abstract_param_count(model, (6, 6, 2))
     assert "serial[1].parallel[1].serial[1]" in str(table)
@@ -174,7 +176,7 @@ def test_custom_layer_without_info_and_errors():
     def apply(params, state, x, *, key=None, train=False):
         return x * params["w"], state
 
-    table = summary(serial(Conv(2, 3), Layer(init, apply, name="Scale"), Conv(1, 1)), (5, 5, 1))
+    table = summary(serial(Conv(2, 3), Layer.per_example(init, apply, name="Scale"), Conv(1, 1)), (5, 5, 1))
     assert table.rows[1]["layer"] == "Scale" and table.rows[1]["params"] == 2
     assert table.rows[1]["flops"] is None and table.totals["flops"] is None
     assert table.rows[2]["receptive_field"] is None and "?" in str(table)
@@ -187,21 +189,24 @@ def test_custom_layer_without_info_and_errors():
 
 
 def dense_block(layer):
-    """``y = concat(x, layer(x))`` (DenseNet, Huang et al. 2017): a combinator written by a user."""
+    """``y = concat(x, layer(x))`` (DenseNet, Huang et al. 2017): a combinator written by a user,
+    from functions alone (no spec): its route is all the summary needs."""
     merge = Concat()
 
     def init(key, input_shape):
-        out, params, state = layer.init(key, input_shape)
+        out, params, state = init_child("dense.body", layer, key, input_shape)
         return merge.init(key, (tuple(input_shape), out))[0], params, state
 
-    def apply(params, state, x, *, key=None, train=False):
-        y, state = layer.apply(params, state, x, key=key, train=train)
+    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+        y, state = apply_child(
+            "dense.body", layer, params, state, x, key=key, train=train, batch_ndim=batch_ndim
+        )
         return jnp.concatenate([x, y], axis=-1), state
 
-    def info(flow, visit):
+    def route(flow, visit):
         return visit("dense.concat", merge, (flow, visit("dense.body", layer, flow)))
 
-    return Layer(init, apply, name="dense_block", children=(("dense.body", layer),), info=info)
+    return Layer(init, apply, name="dense_block", route=route)
 
 
 def test_a_user_written_combinator_shows_its_childrens_rows():
@@ -220,7 +225,8 @@ def test_a_user_written_combinator_shows_its_childrens_rows():
     assert table.rows[1]["flops"] == 6 * 6 * 2 * (2 * 3 * 3 * 4 + 1) and table.totals["flops"] is not None
     # The concat's field is the union of its inputs': 3 (the input) and 5 (through the body).
     assert [r["receptive_field"][0]["size"] for r in table.rows[:4]] == [3, 5, 5, 5]
-    # It runs batched too: a layer that does not take batches is vmapped inside the serial.
+    # Its children come from its route; it runs batched too, with its apply given the batch.
+    assert [seg for seg, _ in model.children[1][1].children] == ["dense.body", "dense.concat"]
     _, params, state = model.init(KEY, (6, 6, 2))
     xs = jnp.asarray(np.random.default_rng(0).standard_normal((3, 6, 6, 2)), jnp.float32)
     ys, _ = jax.jit(batched(model).apply)(params, state, xs)

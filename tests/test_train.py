@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from jcnn import data, train
-from jcnn.layers import Dense, Dropout, Flatten, Relu, batched, serial
+from jcnn.layers import Dense, Dropout, Flatten, Relu, batched, serial, spec_record
 from jcnn.train.checkpoint import CheckpointStore
 from jcnn.train.rundir import atomic_write
 
@@ -254,7 +254,7 @@ def test_checkpoint_roundtrip(straight_run):
     state, epoch, history, identity, overrides = train.load_checkpoint(out, template)
     assert epoch == 2 and history == result.history and overrides == []
     assert (identity["seed"], identity["batch_size"], identity["epochs"]) == (3, BATCH, 2)
-    assert identity["model"] == repr(MODEL) and identity["dataset"] == "digits"
+    assert identity["model"] == spec_record(MODEL) and identity["dataset"] == "digits"
     assert identity["optimizer_state"] == "ScaleByAdamState, ScaleByScheduleState"
     assert tree_equal(state, jax.device_get(result.state))
     # An older checkpoint is kept too (keep=2) and is the first epoch's.

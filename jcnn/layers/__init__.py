@@ -4,86 +4,55 @@ Every layer is a `Layer` (a frozen dataclass that unpacks as ``init, apply = lay
 calling its constructor: ``Relu()``, ``Conv(20, 5, padding=2)``::
 
     out_shape, params, state = layer.init(key, input_shape)      # per-example shape
-    y, state = layer.apply(params, state, x, key=None, train=False)
+    y, state = layer.apply(params, state, x, key=None, train=False, batch_ndim=0)
 
-Layers with ``takes_batch=True`` also take ``batch_ndim=`` leading batch dims in ``apply``;
-``batched(model)`` runs a model on a batch, vmapping only the layers that cannot take one.
+``apply`` takes ``batch_ndim`` leading batch dims; ``batched(model)`` runs a model on a batch.
+A built-in layer is derived from one frozen spec (``layer.spec``): ``layer.replace(impl="xla")``
+changes a hyperparameter, `map_layers` changes many, `spec_record` records them all.
+`features` takes a model's activations at summary paths.
 
-Default initialisers: conv and dense kernels He (Kaiming) normal with fan_in, truncated at two
-standard deviations (``jax.nn.initializers.he_normal()``); biases zeros; norm scales ones and
-shifts zeros. Override with ``kernel_init=`` / ``bias_init=`` (``(key, shape, dtype) -> array``).
+Default initialisers (`jcnn.initializers`): conv and dense kernels He (Kaiming) normal with
+fan_in, truncated at two standard deviations; biases zeros; norm scales ones and shifts zeros.
+Override with ``kernel_init=`` / ``bias_init=`` (``(key, shape, dtype) -> array``).
 """
 
-from jcnn.layers.activations import Gelu, Identity, LeakyRelu, LogSoftmax, Relu, Relu6, Sigmoid, Softmax, Tanh
-from jcnn.layers.base import (
-    GLOBAL,
-    ApplyFn,
-    BatchApplyFn,
-    ComposeFn,
-    InfoFn,
-    InitFn,
-    Layer,
-    LayerInfo,
-    RFWindow,
-    Shape,
-    Visit,
-    fold,
+from jcnn.initializers import default_bias_init, default_kernel_init
+from jcnn.layers import (
+    activations,
+    base,
+    combinators,
+    conv,
+    dense,
+    dropout,
+    info,
+    intermediate,
+    norm,
+    pool,
+    tree,
 )
-from jcnn.layers.combinators import Add, Concat, apply_child, batched, parallel, residual, serial
-from jcnn.layers.conv import Conv, ConvTranspose
-from jcnn.layers.dense import Dense, Flatten, default_bias_init, default_kernel_init
-from jcnn.layers.dropout import Dropout
-from jcnn.layers.norm import BatchNorm, BatchNormState, GroupNorm, LayerNorm
-from jcnn.layers.pool import AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
+from jcnn.layers.activations import *  # noqa: F403
+from jcnn.layers.base import *  # noqa: F403
+from jcnn.layers.combinators import *  # noqa: F403
+from jcnn.layers.conv import *  # noqa: F403
+from jcnn.layers.dense import *  # noqa: F403
+from jcnn.layers.dropout import *  # noqa: F403
+from jcnn.layers.info import *  # noqa: F403
+from jcnn.layers.intermediate import *  # noqa: F403
+from jcnn.layers.norm import *  # noqa: F403
+from jcnn.layers.pool import *  # noqa: F403
+from jcnn.layers.spec import CombinatorSpec, LayerSpec, LeafSpec
+from jcnn.layers.tree import *  # noqa: F403
 
-__all__ = [
-    # the type
-    "Layer",
-    "InitFn",
-    "ApplyFn",
-    "BatchApplyFn",
-    "InfoFn",
-    "ComposeFn",
-    "Visit",
-    "LayerInfo",
-    "RFWindow",
-    "Shape",
-    "GLOBAL",
-    "batched",
-    "apply_child",
-    "fold",
-    # layers
-    "Conv",
-    "ConvTranspose",
-    "Dense",
-    "Flatten",
-    "MaxPool",
-    "AvgPool",
-    "GlobalAvgPool",
-    "GlobalMaxPool",
-    "AdaptiveAvgPool",
-    "AdaptiveMaxPool",
-    "Identity",
-    "Relu",
-    "Relu6",
-    "Gelu",
-    "Tanh",
-    "Sigmoid",
-    "LeakyRelu",
-    "LogSoftmax",
-    "Softmax",
-    "Dropout",
-    "BatchNorm",
-    "BatchNormState",
-    "LayerNorm",
-    "GroupNorm",
-    # combinators and fan-in
-    "serial",
-    "parallel",
-    "residual",
-    "Add",
-    "Concat",
-    # initialisers
-    "default_kernel_init",
-    "default_bias_init",
-]
+# Every module's public names, and the spec bases and default initializers.
+__all__ = ["LayerSpec", "LeafSpec", "CombinatorSpec", "default_kernel_init", "default_bias_init"]
+__all__ += base.__all__
+__all__ += info.__all__
+__all__ += tree.__all__
+__all__ += intermediate.__all__
+__all__ += combinators.__all__
+__all__ += conv.__all__
+__all__ += dense.__all__
+__all__ += pool.__all__
+__all__ += norm.__all__
+__all__ += activations.__all__
+__all__ += dropout.__all__

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import numbers
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn.layers.base import Layer, LayerInfo, describe, input_shape_of
+from jcnn.layers._examples import input_shape_of
+from jcnn.layers.base import Layer, prng_key
+from jcnn.layers.info import ELEMENTWISE, LayerInfo
+from jcnn.layers.spec import LeafSpec, as_number
 
 __all__ = ["Dropout", "DropoutSpec"]
 
 
-class DropoutSpec(NamedTuple):
-    drop_rate: float  # the probability of DROPPING
-
-
-def Dropout(drop_rate: float) -> Layer:
-    """Dropout (Srivastava et al., 2014) with inverted scaling.
+@dataclasses.dataclass(frozen=True)
+class DropoutSpec(LeafSpec):
+    """Dropout (Srivastava et al., 2014) with inverted scaling; ``Dropout(drop_rate)``.
 
     With ``train=True`` each element is zeroed with probability ``drop_rate`` (the probability
     of DROPPING, as in PyTorch and Flax; stax's ``Dropout(rate)`` meant keeping) and the
@@ -36,9 +35,11 @@ def Dropout(drop_rate: float) -> Layer:
       drop_rate: probability of dropping, ``0 <= drop_rate <= 1`` (``1`` outputs zeros).
 
     Returns:
-      A `Layer` with params ``()`` and state ``()``. ``apply`` needs ``key`` when ``train=True``.
+      ``Dropout(...)`` returns a `Layer` with params ``()`` and state ``()``. ``apply`` needs
+      ``key`` (a PRNG key or an int seed) when ``train=True``.
 
     Raises:
+      TypeError: ``drop_rate`` not a number, or a ``key`` that is not a key or an int.
       ValueError: ``drop_rate`` outside ``[0, 1]``; ``apply(..., train=True)`` without a key.
 
     >>> import jax, jax.numpy as jnp
@@ -49,27 +50,32 @@ def Dropout(drop_rate: float) -> Layer:
     >>> layer.apply((), (), jnp.ones(2))[0].tolist()
     [1.0, 1.0]
     """
-    where = "Dropout"
-    if isinstance(drop_rate, bool) or not isinstance(drop_rate, numbers.Real):
-        raise TypeError(f"{where}: `drop_rate` must be a number in [0, 1], got {drop_rate!r}.")
-    spec = DropoutSpec(float(drop_rate))
-    rate = spec.drop_rate
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(
-            f"{where}: `drop_rate` is the probability of dropping and must be in [0, 1], got {drop_rate!r}."
-        )
 
-    def init(key, input_shape):
+    name = "Dropout"
+    drop_rate: float
+
+    def __post_init__(self):
+        rate = as_number(self.drop_rate, self.name, "drop_rate", "a number in [0, 1]", lambda v: True)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(
+                f"{self.name}: `drop_rate` is the probability of dropping and must be in [0, 1], got"
+                f" {self.drop_rate!r}."
+            )
+        self._canonical(drop_rate=rate)
+
+    def init(self, key, input_shape, /):
         del key
-        return input_shape_of(input_shape, where), (), ()
+        return input_shape_of(input_shape, self.name), (), ()
 
-    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+    def apply(self, params, state, x, /, *, key=None, train=False, batch_ndim=0):
         del params, batch_ndim  # the mask is drawn over every element, batch dims included
+        rate = self.drop_rate
         if not train or rate == 0.0:
             return x, state
+        key = prng_key(key, self.name)
         if key is None:
             raise ValueError(
-                f"{where}: `train=True` needs a random `key` to draw the mask; call"
+                f"{self.name}: `train=True` needs a random `key` to draw the mask; call"
                 f" apply(params, state, x, key=key, train=True), or train=False to evaluate."
             )
         if rate == 1.0:
@@ -80,16 +86,8 @@ def Dropout(drop_rate: float) -> Layer:
         scaled = x / jnp.asarray(1.0 - rate, x.dtype)
         return lax.select(keep, scaled, jnp.zeros_like(x)), state
 
-    def info(input_shape):
-        shape = input_shape_of(input_shape, where)
-        return LayerInfo(shape, 0, 0)
+    def info(self, input_shape, /):
+        return LayerInfo(input_shape_of(input_shape, self.name), 0, 0, rf=ELEMENTWISE)
 
-    return Layer(
-        init,
-        apply,
-        name="Dropout",
-        spec=spec,
-        info=info,
-        takes_batch=True,
-        description=describe("Dropout", (rate,)),
-    )
+
+Dropout = Layer.constructor(DropoutSpec)

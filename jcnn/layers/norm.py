@@ -1,30 +1,29 @@
 """Normalisation layers: BatchNorm (batch statistics over the batch axes), LayerNorm, GroupNorm.
 
 All take whole batches (``batch_ndim`` leading batch dims): BatchNorm's training statistics run
-over them; LayerNorm and GroupNorm normalise each example on its own, over its axes only.
+over them; LayerNorm and GroupNorm normalise each example on its own, over its axes only. The
+three share their affine fields (`_AffineNorm`); LayerNorm and GroupNorm share `_normalise`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jcnn import checks
-from jcnn.layers.base import (
-    Layer,
-    LayerInfo,
-    create_param,
-    describe,
-    example_shape,
-    initializer,
-    input_shape_of,
-)
+from jcnn.initializers import ones, zeros
+from jcnn.layers._examples import example_shape, input_shape_of
+from jcnn.layers.base import Layer
+from jcnn.layers.info import ELEMENTWISE, LayerInfo
+from jcnn.layers.spec import LeafSpec, as_initializer, as_number, as_param_dtype, create_param
 from jcnn.shapes import ShapeError
 
 __all__ = [
@@ -45,31 +44,6 @@ class BatchNormState(NamedTuple):
     var: jax.Array  # unbiased (PyTorch's convention)
 
 
-class BatchNormSpec(NamedTuple):
-    momentum: float  # weight of the new batch statistic (PyTorch's convention)
-    eps: float
-    axis_name: str | None
-    scale: bool
-    bias: bool
-    param_dtype: str
-
-
-class LayerNormSpec(NamedTuple):
-    axes: tuple[int, ...]  # axes of one example, as given (negative count from the end)
-    eps: float
-    scale: bool
-    bias: bool
-    param_dtype: str
-
-
-class GroupNormSpec(NamedTuple):
-    num_groups: int
-    eps: float
-    scale: bool
-    bias: bool
-    param_dtype: str
-
-
 def _per_channel(v: jax.Array, like: jax.Array) -> jax.Array:
     """A ``(c,)`` vector broadcast along the last axis of ``like`` (rank-promotion safe)."""
     return lax.broadcast_in_dim(v.astype(like.dtype), like.shape, (like.ndim - 1,))
@@ -80,32 +54,6 @@ def _compute_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _eps(eps, where: str) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"{where}: `eps` must be a number >= 0, got {eps!r}.")
-    return float(eps)
-
-
-def _affine_params(key, c, scale, bias, scale_init, bias_init, param_dtype):
-    if not (scale or bias):
-        return ()
-    k_scale, k_bias = jax.random.split(key)
-    params = {}
-    if scale:
-        params["scale"] = create_param(scale_init, k_scale, (c,), param_dtype)
-    if bias:
-        params["bias"] = create_param(bias_init, k_bias, (c,), param_dtype)
-    return params
-
-
-def _affine(y, params, scale: bool, bias: bool):
-    if scale:
-        y = y * _per_channel(params["scale"], y)
-    if bias:
-        y = y + _per_channel(params["bias"], y)
-    return y
-
-
 def _check_channels(x, c: int, where: str) -> None:
     if x.ndim < 1 or x.shape[-1] != c:
         raise ShapeError(
@@ -114,18 +62,86 @@ def _check_channels(x, c: int, where: str) -> None:
         )
 
 
-def BatchNorm(
-    *,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    axis_name: str | None = "batch",
-    scale: bool = True,
-    bias: bool = True,
-    scale_init=None,
-    bias_init=None,
-    param_dtype=jnp.float32,
-) -> Layer:
-    """Batch normalisation (Ioffe and Szegedy, 2015) over the channel (last) axis.
+def _normalise(xf: jax.Array, axes: tuple[int, ...], eps: float) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps)`` over ``axes`` (the biased variance, as PyTorch)."""
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    centred = xf - mean
+    var = jnp.mean(centred * centred, axis=axes, keepdims=True)
+    return centred * lax.rsqrt(var + eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AffineNorm(LeafSpec):
+    """The fields every normalisation has: ``eps`` and the per-channel scale and shift."""
+
+    _: dataclasses.KW_ONLY
+    eps: float = 1e-5
+    scale: bool = True
+    bias: bool = True
+    scale_init: Any = ones
+    bias_init: Any = zeros
+    param_dtype: Any = "float32"
+
+    def _canonical_affine(self) -> None:
+        where = self.name
+        self._canonical(
+            eps=as_number(self.eps, where, "eps", "a number >= 0", lambda v: v >= 0),
+            scale=checks.as_bool(self.scale, where, "scale"),
+            bias=checks.as_bool(self.bias, where, "bias"),
+            scale_init=as_initializer(self.scale_init, ones, where, "scale_init"),
+            bias_init=as_initializer(self.bias_init, zeros, where, "bias_init"),
+            param_dtype=as_param_dtype(self.param_dtype, where),
+        )
+
+    def _affine_params(self, key: jax.Array, c: int) -> Any:
+        if not (self.scale or self.bias):
+            return ()
+        k_scale, k_bias = jax.random.split(key)
+        params = {}
+        if self.scale:
+            params["scale"] = create_param(self.scale_init, k_scale, (c,), self.param_dtype)
+        if self.bias:
+            params["bias"] = create_param(self.bias_init, k_bias, (c,), self.param_dtype)
+        return params
+
+    def _affine(self, y: jax.Array, params: Any) -> jax.Array:
+        if self.scale:
+            y = y * _per_channel(params["scale"], y)
+        if self.bias:
+            y = y + _per_channel(params["bias"], y)
+        return y
+
+    def _affine_count(self, channels: int) -> int:
+        return channels * (int(self.scale) + int(self.bias))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleNorm(_AffineNorm):
+    """A normalisation of each example on its own (LayerNorm, GroupNorm): no state."""
+
+    def _check(self, shape: tuple[int, ...]) -> Any:
+        """Check one example's shape against the layer's axes or groups."""
+        raise NotImplementedError
+
+    def _plan(self, input_shape) -> tuple[int, ...]:
+        shape = input_shape_of(input_shape, self.name)
+        self._check(shape)
+        return shape
+
+    def init(self, key, input_shape, /):
+        shape = self._plan(input_shape)
+        return shape, self._affine_params(key, shape[-1]), ()
+
+    def info(self, input_shape, /):
+        shape = self._plan(input_shape)
+        # mean: 1 add; variance: subtract, square, add; normalise: 1 multiply; affine: 1 + 1.
+        flops = math.prod(shape) * (5 + int(self.scale) + int(self.bias))
+        return LayerInfo(shape, self._affine_count(shape[-1]), flops, rf=ELEMENTWISE)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormSpec(_AffineNorm):
+    """Batch normalisation (Ioffe and Szegedy, 2015) over the channel (last) axis; ``BatchNorm(...)``.
 
     In training (``train=True``) each channel is normalised by the mean and biased variance over
     the batch AND the spatial dims: over every leading axis of the ``x`` given to ``apply`` (the
@@ -143,23 +159,23 @@ def BatchNorm(
     state comes back unchanged.
 
     Args:
-      momentum: weight of the new batch statistic in the running average, in ``[0, 1]``.
       eps: added to the variance.
-      axis_name: the name of a vmapped batch axis to average across when it is bound;
-        ``None`` never looks for one (statistics over the leading axes of ``x`` only).
       scale: learn a per-channel scale (init ones).
       bias: learn a per-channel shift (init zeros).
       scale_init: override the scale's initializer.
       bias_init: override the bias' initializer.
       param_dtype: dtype of params and state.
+      momentum: weight of the new batch statistic in the running average, in ``[0, 1]``.
+      axis_name: the name of a vmapped batch axis to average across when it is bound;
+        ``None`` never looks for one (statistics over the leading axes of ``x`` only).
 
     Returns:
-      A `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state ``BatchNormState(mean, var)``
-      starting at zeros and ones.
+      ``BatchNorm(...)`` returns a `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state
+      ``BatchNormState(mean, var)`` starting at zeros and ones.
 
     Raises:
       ValueError: ``train=True`` on one example (no batch dims) outside a vmap binding
-        ``axis_name``, or with one value per channel.
+        ``axis_name``, or with one value per channel; bad hyperparameters at construction.
 
     >>> import jax, jax.numpy as jnp
     >>> from jcnn.layers import batched
@@ -170,127 +186,100 @@ def BatchNorm(
     >>> [round(v, 4) for v in y.mean(0).tolist()], [round(v, 4) for v in state.mean.tolist()]
     ([0.0, 0.0, 0.0], [0.45, 0.55, 0.65])
     """
-    where = "BatchNorm"
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-        raise ValueError(
-            f"{where}: `momentum` is the weight of the new batch statistic (PyTorch's convention)"
-            f" and must be in [0, 1], got {momentum!r}."
-        )
-    if axis_name is not None and not isinstance(axis_name, str):
-        raise TypeError(f"{where}: `axis_name` must be a str or None, got {axis_name!r}.")
-    spec = BatchNormSpec(
-        float(momentum),
-        _eps(eps, where),
-        axis_name,
-        checks.as_bool(scale, where, "scale"),
-        checks.as_bool(bias, where, "bias"),
-        jnp.dtype(param_dtype).name,
-    )
-    momentum, eps, scale, bias = spec.momentum, spec.eps, spec.scale, spec.bias
-    scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
-    bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
-    def plan(input_shape):
-        shape = input_shape_of(input_shape, where)
+    name = "BatchNorm"
+    _: dataclasses.KW_ONLY
+    momentum: float = 0.1
+    axis_name: str | None = "batch"
+
+    def __post_init__(self):
+        where = self.name
+        m = self.momentum
+        if isinstance(m, (bool, np.bool_)) or not isinstance(m, numbers.Real) or not 0 <= m <= 1:
+            raise ValueError(
+                f"{where}: `momentum` is the weight of the new batch statistic (PyTorch's convention)"
+                f" and must be in [0, 1], got {m!r}."
+            )
+        momentum = float(m)
+        if self.axis_name is not None and not isinstance(self.axis_name, str):
+            raise TypeError(f"{where}: `axis_name` must be a str or None, got {self.axis_name!r}.")
+        self._canonical(momentum=momentum)
+        self._canonical_affine()
+
+    def _plan(self, input_shape):
+        shape = input_shape_of(input_shape, self.name)
         if len(shape) < 1:
-            raise ShapeError(f"{where}: needs an input with a channel axis, got input shape ().")
+            raise ShapeError(f"{self.name}: needs an input with a channel axis, got input shape ().")
         return shape
 
-    def init(key, input_shape):
-        shape = plan(input_shape)
+    def init(self, key, input_shape, /):
+        shape = self._plan(input_shape)
         c = shape[-1]
-        params = _affine_params(key, c, scale, bias, scale_init, bias_init, param_dtype)
-        state = BatchNormState(jnp.zeros((c,), param_dtype), jnp.ones((c,), param_dtype))
-        return shape, params, state
+        state = BatchNormState(jnp.zeros((c,), self.param_dtype), jnp.ones((c,), self.param_dtype))
+        return shape, self._affine_params(key, c), state
 
-    def bound(batch_ndim: int) -> bool:
+    def _bound(self, batch_ndim: int) -> bool:
         """Whether ``axis_name`` is a bound vmap axis; an error where no batch is in sight."""
-        if axis_name is None:
+        if self.axis_name is None:
             return False
         try:
-            lax.psum(1, axis_name)
+            lax.psum(1, self.axis_name)
             return True
         except NameError:
             if batch_ndim > 0:
                 return False
             raise ValueError(
-                f"{where}: `train=True` needs batch statistics across the vmapped axis"
-                f" {axis_name!r}, which is not bound here, and x has no batch dims; apply the"
+                f"{self.name}: `train=True` needs batch statistics across the vmapped axis"
+                f" {self.axis_name!r}, which is not bound here, and x has no batch dims; apply the"
                 f" model through jcnn.layers.batched(model) (or apply(..., batch_ndim=1) on a"
-                f" batch) or jax.vmap(..., axis_name={axis_name!r}), or build"
+                f" batch) or jax.vmap(..., axis_name={self.axis_name!r}), or build"
                 f" BatchNorm(axis_name=None) to normalise over x's own leading axes."
             ) from None
 
-    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+    def apply(self, params, state, x, /, *, key=None, train=False, batch_ndim=0):
         del key
-        example_shape(x, batch_ndim, where)
-        _check_channels(x, state.mean.shape[0], where)
+        example_shape(x, batch_ndim, self.name)
+        _check_channels(x, state.mean.shape[0], self.name)
         dtype = _compute_dtype(x.dtype)
         xf = x.astype(dtype)
         if not train:
             centred = xf - _per_channel(state.mean, xf)
-            y = centred * _per_channel(lax.rsqrt(state.var.astype(dtype) + eps), xf)
-            return _affine(y, params, scale, bias).astype(x.dtype), state
+            y = centred * _per_channel(lax.rsqrt(state.var.astype(dtype) + self.eps), xf)
+            return self._affine(y, params).astype(x.dtype), state
         axes = tuple(range(x.ndim - 1))  # the batch axes and the spatial axes
         count = math.prod(x.shape[:-1])
-        across = bound(batch_ndim)
+        across = self._bound(batch_ndim)
         if across:
-            count *= lax.psum(1, axis_name)
+            count *= lax.psum(1, self.axis_name)
         if count < 2:
             raise ValueError(
-                f"{where}: training needs more than one value per channel, got {count} (x shape"
+                f"{self.name}: training needs more than one value per channel, got {count} (x shape"
                 f" {tuple(x.shape)}); use a batch of at least 2."
             )
         mean = jnp.mean(xf, axis=axes)
         if across:
-            mean = lax.pmean(mean, axis_name)
+            mean = lax.pmean(mean, self.axis_name)
         centred = xf - _per_channel(mean, xf)
         var = jnp.mean(centred * centred, axis=axes)
         if across:
-            var = lax.pmean(var, axis_name)
-        y = centred * _per_channel(lax.rsqrt(var + eps), xf)
-        sdtype = state.mean.dtype
+            var = lax.pmean(var, self.axis_name)
+        y = centred * _per_channel(lax.rsqrt(var + self.eps), xf)
+        m, sdtype = self.momentum, state.mean.dtype
         new_state = BatchNormState(
-            ((1 - momentum) * state.mean + momentum * mean).astype(sdtype),
-            ((1 - momentum) * state.var + momentum * var * (count / (count - 1))).astype(sdtype),
+            ((1 - m) * state.mean + m * mean).astype(sdtype),
+            ((1 - m) * state.var + m * var * (count / (count - 1))).astype(sdtype),
         )
-        return _affine(y, params, scale, bias).astype(x.dtype), new_state
+        return self._affine(y, params).astype(x.dtype), new_state
 
-    def info(input_shape):
-        shape = plan(input_shape)
-        c = shape[-1]
+    def info(self, input_shape, /):
+        shape = self._plan(input_shape)
         # Eval mode: the running statistics fold into one scale and shift, 2 FLOPs per element.
-        return LayerInfo(shape, c * (int(scale) + int(bias)), 2 * math.prod(shape))
-
-    defaults = dict(momentum=0.1, eps=1e-5, axis_name="batch", scale=True, bias=True)
-    given = dict(momentum=momentum, eps=eps, axis_name=axis_name, scale=scale, bias=bias)
-    return Layer(
-        init,
-        apply,
-        name="BatchNorm",
-        spec=spec,
-        info=info,
-        takes_batch=True,
-        description=describe("BatchNorm", (), given, defaults),
-    )
+        return LayerInfo(shape, self._affine_count(shape[-1]), 2 * math.prod(shape), rf=ELEMENTWISE)
 
 
-def _norm_flops(n: int, scale: bool, bias: bool) -> int:
-    # mean: 1 add; variance: subtract, square, add; normalise: 1 multiply; affine: 1 + 1.
-    return n * (5 + int(scale) + int(bias))
-
-
-def LayerNorm(
-    *,
-    axes=-1,
-    eps: float = 1e-5,
-    scale: bool = True,
-    bias: bool = True,
-    scale_init=None,
-    bias_init=None,
-    param_dtype=jnp.float32,
-) -> Layer:
-    """Layer normalisation (Ba et al., 2016) of one example over ``axes``.
+@dataclasses.dataclass(frozen=True)
+class LayerNormSpec(_ExampleNorm):
+    """Layer normalisation (Ba et al., 2016) of one example over ``axes``; ``LayerNorm(...)``.
 
     The default normalises each pixel over its channels (the last axis), as ``flax.linen``'s
     LayerNorm and ConvNeXt do; ``axes=(0, 1, 2)`` on an ``(h, w, c)`` input normalises over the
@@ -299,16 +288,19 @@ def LayerNorm(
     the example's: non-negative ones are counted after the ``batch_ndim`` batch dims.
 
     Args:
-      axes: an int or a tuple of ints, axes of ONE example (negative counts from the end).
       eps: added to the variance.
       scale: learn a per-channel scale (init ones).
       bias: learn a per-channel shift (init zeros).
       scale_init: override the scale's initializer.
       bias_init: override the bias' initializer.
       param_dtype: parameter dtype.
+      axes: an int or a tuple of ints, axes of ONE example (negative counts from the end).
 
     Returns:
-      A `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state ``()``.
+      ``LayerNorm(...)`` returns a `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state ``()``.
+
+    Raises:
+      TypeError / ValueError / ShapeError: bad hyperparameters, or axes out of range for the input.
 
     >>> import jax, jax.numpy as jnp
     >>> layer = LayerNorm()
@@ -317,91 +309,54 @@ def LayerNorm(
     >>> [round(v, 5) for v in y.mean(-1).tolist()]
     [0.0, 0.0]
     """
-    where = "LayerNorm"
-    raw_axes = (axes,) if not isinstance(axes, (tuple, list)) else tuple(axes)
-    if not raw_axes or any(isinstance(a, bool) or not hasattr(a, "__index__") for a in raw_axes):
-        raise TypeError(f"{where}: `axes` must be an int or a non-empty tuple of ints, got {axes!r}.")
-    spec = LayerNormSpec(
-        tuple(operator.index(a) for a in raw_axes),
-        _eps(eps, where),
-        checks.as_bool(scale, where, "scale"),
-        checks.as_bool(bias, where, "bias"),
-        jnp.dtype(param_dtype).name,
-    )
-    eps, scale, bias = spec.eps, spec.scale, spec.bias
-    scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
-    bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
-    def canonical_axes(shape) -> tuple[int, ...]:
+    name = "LayerNorm"
+    _: dataclasses.KW_ONLY
+    axes: Any = (-1,)
+
+    def __post_init__(self):
+        raw = (self.axes,) if not isinstance(self.axes, (tuple, list)) else tuple(self.axes)
+        if not raw or any(isinstance(a, bool) or not hasattr(a, "__index__") for a in raw):
+            raise TypeError(
+                f"{self.name}: `axes` must be an int or a non-empty tuple of ints, got {self.axes!r}."
+            )
+        self._canonical(axes=tuple(operator.index(a) for a in raw))
+        self._canonical_affine()
+
+    def _check(self, shape) -> tuple[int, ...]:
         """``axes`` as sorted non-negative axes of one example of ``shape``."""
         ndim = len(shape)
+        shown = self.axes[0] if len(self.axes) == 1 else self.axes
         out = []
-        for a in spec.axes:
+        for a in self.axes:
             if not -ndim <= a < ndim:
                 raise ShapeError(
-                    f"{where}: `axes` {axes!r} is out of range for one example of shape"
+                    f"{self.name}: `axes` {shown!r} is out of range for one example of shape"
                     f" {tuple(shape)} ({ndim} dims; shapes are per example, without the batch dim)."
                 )
             out.append(a % ndim)
         if len(set(out)) != len(out):
-            raise ValueError(f"{where}: `axes` {axes!r} names the same axis twice.")
+            raise ValueError(f"{self.name}: `axes` {shown!r} names the same axis twice.")
         return tuple(sorted(out))
 
-    def plan(input_shape):
-        shape = input_shape_of(input_shape, where)
-        canonical_axes(shape)
-        return shape
-
-    def init(key, input_shape):
-        shape = plan(input_shape)
-        return shape, _affine_params(key, shape[-1], scale, bias, scale_init, bias_init, param_dtype), ()
-
-    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+    def apply(self, params, state, x, /, *, key=None, train=False, batch_ndim=0):
         del key, train
-        ax = tuple(batch_ndim + a for a in canonical_axes(example_shape(x, batch_ndim, where)))
-        if scale or bias:
-            _check_channels(x, (params.get("scale") if scale else params["bias"]).shape[0], where)
-        xf = x.astype(_compute_dtype(x.dtype))
-        mean = jnp.mean(xf, axis=ax, keepdims=True)
-        centred = xf - mean
-        var = jnp.mean(centred * centred, axis=ax, keepdims=True)
-        y = centred * lax.rsqrt(var + eps)
-        return _affine(y, params, scale, bias).astype(x.dtype), state
-
-    def info(input_shape):
-        shape = plan(input_shape)
-        return LayerInfo(
-            shape, shape[-1] * (int(scale) + int(bias)), _norm_flops(math.prod(shape), scale, bias)
-        )
-
-    given = dict(axes=axes, eps=eps, scale=scale, bias=bias)
-    return Layer(
-        init,
-        apply,
-        name="LayerNorm",
-        spec=spec,
-        info=info,
-        takes_batch=True,
-        description=describe("LayerNorm", (), given, dict(axes=-1, eps=1e-5, scale=True, bias=True)),
-    )
+        axes = tuple(batch_ndim + a for a in self._check(example_shape(x, batch_ndim, self.name)))
+        if self.scale or self.bias:
+            _check_channels(x, params["scale" if self.scale else "bias"].shape[0], self.name)
+        y = _normalise(x.astype(_compute_dtype(x.dtype)), axes, self.eps)
+        return self._affine(y, params).astype(x.dtype), state
 
 
-def GroupNorm(
-    num_groups: int = 32,
-    *,
-    eps: float = 1e-5,
-    scale: bool = True,
-    bias: bool = True,
-    scale_init=None,
-    bias_init=None,
-    param_dtype=jnp.float32,
-) -> Layer:
-    """Group normalisation (Wu and He, 2018): channels split into ``num_groups`` groups, each
-    normalised over its channels and all spatial positions of one example.
+@dataclasses.dataclass(frozen=True)
+class GroupNormSpec(_ExampleNorm):
+    """Group normalisation (Wu and He, 2018); ``GroupNorm(num_groups, ...)``.
 
-    Matches ``torch.nn.GroupNorm(num_groups, c)`` (biased variance, ``eps=1e-5``, per-channel
-    scale and shift); channel ``k`` belongs to group ``k // (c // num_groups)``. On a batch the
-    ``batch_ndim`` leading batch dims are not reduced over: each example keeps its statistics.
+    Channels are split into ``num_groups`` groups, each normalised over its channels and all
+    spatial positions of one example. Matches ``torch.nn.GroupNorm(num_groups, c)`` (biased
+    variance, ``eps=1e-5``, per-channel scale and shift); channel ``k`` belongs to group
+    ``k // (c // num_groups)``. On a batch the ``batch_ndim`` leading batch dims are not reduced
+    over: each example keeps its statistics.
 
     Args:
       num_groups: number of groups; must divide the channels (default 32, as in Flax).
@@ -413,67 +368,44 @@ def GroupNorm(
       param_dtype: parameter dtype.
 
     Returns:
-      A `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state ``()``.
+      ``GroupNorm(...)`` returns a `Layer`; params ``{"scale": (c,), "bias": (c,)}``, state ``()``.
+
+    Raises:
+      ShapeError: channels not divisible by ``num_groups`` (at ``init`` or ``apply``).
 
     >>> import jax
     >>> GroupNorm(2).init(jax.random.key(0), (8, 8, 6))[0]
     (8, 8, 6)
     """
-    where = "GroupNorm"
-    spec = GroupNormSpec(
-        checks.as_int(num_groups, where, "num_groups", minimum=1),
-        _eps(eps, where),
-        checks.as_bool(scale, where, "scale"),
-        checks.as_bool(bias, where, "bias"),
-        jnp.dtype(param_dtype).name,
-    )
-    num_groups, eps, scale, bias = spec.num_groups, spec.eps, spec.scale, spec.bias
-    scale_init = initializer(scale_init, jax.nn.initializers.ones, where, "scale_init")
-    bias_init = initializer(bias_init, jax.nn.initializers.zeros, where, "bias_init")
 
-    def check(shape):
-        if len(shape) < 1 or shape[-1] % num_groups:
+    name = "GroupNorm"
+    num_groups: int = 32
+
+    def __post_init__(self):
+        self._canonical(num_groups=checks.as_int(self.num_groups, self.name, "num_groups", minimum=1))
+        self._canonical_affine()
+
+    def _check(self, shape) -> None:
+        if len(shape) < 1 or shape[-1] % self.num_groups:
             raise ShapeError(
-                f"{where}: channels ({shape[-1] if shape else 0}, input shape {tuple(shape)}) must be"
-                f" divisible by `num_groups` ({num_groups})."
+                f"{self.name}: channels ({shape[-1] if shape else 0}, input shape {tuple(shape)}) must"
+                f" be divisible by `num_groups` ({self.num_groups})."
             )
 
-    def plan(input_shape):
-        shape = input_shape_of(input_shape, where)
-        check(shape)
-        return shape
-
-    def init(key, input_shape):
-        shape = plan(input_shape)
-        return shape, _affine_params(key, shape[-1], scale, bias, scale_init, bias_init, param_dtype), ()
-
-    def apply(params, state, x, *, key=None, train=False, batch_ndim=0):
+    def apply(self, params, state, x, /, *, key=None, train=False, batch_ndim=0):
         del key, train
-        check(example_shape(x, batch_ndim, where))
-        c = x.shape[-1]
-        xf = x.astype(_compute_dtype(x.dtype))
-        xg = xf.reshape(x.shape[:-1] + (num_groups, c // num_groups))
+        self._check(example_shape(x, batch_ndim, self.name))
+        c, g = x.shape[-1], self.num_groups
+        xg = x.astype(_compute_dtype(x.dtype)).reshape(x.shape[:-1] + (g, c // g))
         # The example's spatial dims and the channels within a group; never the batch dims.
-        ax = tuple(range(batch_ndim, x.ndim - 1)) + (x.ndim,)
-        mean = jnp.mean(xg, axis=ax, keepdims=True)
-        centred = xg - mean
-        var = jnp.mean(centred * centred, axis=ax, keepdims=True)
-        y = (centred * lax.rsqrt(var + eps)).reshape(x.shape)
-        return _affine(y, params, scale, bias).astype(x.dtype), state
+        axes = tuple(range(batch_ndim, x.ndim - 1)) + (x.ndim,)
+        y = _normalise(xg, axes, self.eps).reshape(x.shape)
+        return self._affine(y, params).astype(x.dtype), state
 
-    def info(input_shape):
-        shape = plan(input_shape)
-        return LayerInfo(
-            shape, shape[-1] * (int(scale) + int(bias)), _norm_flops(math.prod(shape), scale, bias)
-        )
 
-    given = dict(eps=eps, scale=scale, bias=bias)
-    return Layer(
-        init,
-        apply,
-        name="GroupNorm",
-        spec=spec,
-        info=info,
-        takes_batch=True,
-        description=describe("GroupNorm", (num_groups,), given, dict(eps=1e-5, scale=True, bias=True)),
-    )
+#: ``BatchNorm(*, eps=1e-5, scale=True, bias=True, ..., momentum=0.1, axis_name="batch")``.
+BatchNorm = Layer.constructor(BatchNormSpec)
+#: ``LayerNorm(*, eps=1e-5, ..., axes=(-1,))``.
+LayerNorm = Layer.constructor(LayerNormSpec)
+#: ``GroupNorm(num_groups=32, *, eps=1e-5, ...)``.
+GroupNorm = Layer.constructor(GroupNormSpec)

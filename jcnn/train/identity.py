@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jcnn.data import row_chunks, rows_of
+from jcnn.layers import spec_record
 
 __all__ = ["BUILTIN_FIELDS", "RunMismatchError", "run_identity", "check_same_run", "data_fingerprint"]
 
@@ -120,11 +121,11 @@ def run_identity(
     >>> ident = run_identity(serial(Flatten(), Dense(10)), optax.adam(1e-3).init({}),
     ...     input_shape=(8, 8, 1), dataset_name="digits", data_sha256="ab", batch_size=32,
     ...     seed=0, epochs=2, precision=None, hparams={"lr": 1e-3})
-    >>> ident["model"], ident["optimizer_state"], ident["lr"]
-    ('serial(Flatten(), Dense(10))', 'ScaleByAdamState', 0.001)
+    >>> ident["model"]["layers"][1]["out_features"], ident["optimizer_state"], ident["lr"]
+    (10, 'ScaleByAdamState', 0.001)
     """
     identity = {
-        "model": repr(model),
+        "model": spec_record(model),  # every hyperparameter of every layer, from the specs
         "input_shape": [int(d) for d in input_shape],
         "optimizer_state": _optimizer_structure(opt_state),
         "dataset": dataset_name,
