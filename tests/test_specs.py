@@ -240,6 +240,10 @@ def test_a_resume_with_a_changed_layer_field_is_refused(finished_run, change):
         )
     saved, now = info.value.differences["model"]
     assert saved == spec_record(model) and now == spec_record(changed)
+    # The message names the first changed leaf of the nested model record, not a truncated repr.
+    ((field, value),) = change.items()
+    was = saved["layers"][1][field]
+    assert f"`model` at layers[1].{field} {was!r} (now {value!r})" in str(info.value), str(info.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -154,6 +154,30 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _first_difference(old, new, path: str = "") -> tuple[str, object, object]:
+    """The path to the first leaf where two JSON-like values differ, and the two leaves there.
+
+    >>> _first_difference({"layers": [{"impl": "auto"}, {}]}, {"layers": [{"impl": "xla"}, {}]})
+    ('.layers[0].impl', 'auto', 'xla')
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}")
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return path, old, new
+
+
+def _said(name: str, old, new) -> str:
+    """One differing field in words; a nested record (the model) by its first differing leaf."""
+    where, a, b = _first_difference(old, new)
+    at = f" at {where[1:] if where.startswith('.') else where}" if where else ""
+    return f"`{name}`{at} {_short(a)} (now {_short(b)})"
+
+
 def check_same_run(
     saved: Mapping, now: Mapping, *, override: Sequence[str] = (), checkpoint: str, where: str = "fit"
 ) -> dict:
@@ -188,7 +212,7 @@ def check_same_run(
     differ = {k: (saved.get(k), now.get(k)) for k in fields if saved.get(k) != now.get(k)}
     refused = {k: v for k, v in differ.items() if k not in override}
     if refused:
-        said = ", ".join(f"`{k}` {_short(old)} (now {_short(new)})" for k, (old, new) in refused.items())
+        said = ", ".join(_said(k, old, new) for k, (old, new) in refused.items())
         names = tuple(refused)
         raise RunMismatchError(
             f"{where}: the checkpoint {checkpoint} was written by a different run: {said}. Resume "
