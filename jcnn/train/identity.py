@@ -66,7 +66,7 @@ def data_fingerprint(*arrays) -> str:
         # Row chunks hash to the same digest as the whole array's bytes, in bounded memory
         # (a memory-mapped split is streamed, not loaded).
         for chunk in [a] if a.ndim == 0 else row_chunks(a, 4096):
-            h.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+            h.update(np.ascontiguousarray(chunk).data.cast("B"))
     return h.hexdigest()
 
 
